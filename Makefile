@@ -1,0 +1,23 @@
+# Two set-up commands, each self-sufficient on a fresh machine:
+#   make demo   creates .venv, installs segnet, runs the main job on the embedded default
+#   make test   creates .venv, installs segnet with its test extras, runs the tests
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,export]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/segnet demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

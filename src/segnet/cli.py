@@ -1,0 +1,134 @@
+"""The `segnet` command line: argument parsing only; each subcommand calls the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+EPILOG = "Run 'segnet COMMAND --help' for a command's options. Docs: README.md, docs/."
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error and exit status 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"segnet: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like HEIGHTxWIDTH (e.g. 360x480), got {text!r}") from None
+    return height, width
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import MODELS, count_parameters, create_model
+
+    rows = []
+    for name, info in MODELS.items():
+        params = count_parameters(create_model(name, args.num_classes))
+        paper = f"{info.paper_params_m:.3f}" if info.paper_params_m and args.num_classes == 11 else "-"
+        rows.append((name, f"{params / 1e6:.3f}", paper, info.description))
+    header = ("model", "params (M)", "paper (M)", "description")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
+    print(f"{header[0]:<{widths[0]}}  {header[1]:>{widths[1]}}  {header[2]:>{widths[2]}}  {header[3]}")
+    for row in rows:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}")
+    print(f"parameters counted at {args.num_classes} classes; paper column: Badrinarayanan et al., TPAMI 2017")
+    return 0
+
+
+def cmd_forward(args: argparse.Namespace) -> int:
+    """Forward a generated image through a model: a smoke test that needs no data."""
+    import time
+
+    import torch
+
+    from .models import count_parameters, create_model
+
+    torch.manual_seed(args.seed)
+    model = create_model(args.model, args.num_classes).eval()
+    height, width = args.size
+    image = torch.rand(1, 3, height, width)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        logits = model(image)
+    elapsed = time.perf_counter() - start
+    labels = logits.argmax(1)
+    print(
+        f"{args.model}: {count_parameters(model) / 1e6:.3f} M parameters, input {tuple(image.shape)} -> "
+        f"logits {tuple(logits.shape)} in {elapsed * 1000:.0f} ms; "
+        f"{labels.unique().numel()} distinct classes predicted (untrained weights)"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on the embedded default: list the models and segment a generated image."""
+    cmd_models(argparse.Namespace(num_classes=11))
+    print()
+    return cmd_forward(argparse.Namespace(model="segnet", num_classes=11, size=(360, 480), seed=0))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(
+        prog="segnet",
+        description="SegNet in PyTorch: the paper's models, data, metrics and training.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"segnet {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("models", help="list the registered models with their parameter counts",
+                       description="List every registered model with its parameter count and the paper's.")
+    p.add_argument("--num-classes", type=_positive_int, default=11, help="K, output classes (default: 11, CamVid)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("forward", help="run one model on a generated image (smoke test, no data needed)",
+                       description="Build a model with untrained weights and forward a random image through it.")
+    p.add_argument("--model", default="segnet_basic", help="model name, see 'segnet models' (default: segnet_basic)")
+    p.add_argument("--num-classes", type=_positive_int, default=11, help="output classes (default: 11)")
+    p.add_argument("--size", type=_size, default=(360, 480), help="HEIGHTxWIDTH (default: 360x480)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.set_defaults(func=cmd_forward)
+
+    p = sub.add_parser("demo", help="the main job on an embedded default (no data needed)",
+                       description="List the models and run SegNet on a generated 360x480 image.")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as error:
+        # Errors we raise carry a complete sentence; no traceback for users.
+        if args.verbose:
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"segnet: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Shared fixtures: where the shared data lives, and a fixed seed for every test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+# The shared inputs (CamVid, VGG16 weights) live beside the checkout; SEGNET_SHARED overrides.
+SHARED = Path(os.environ.get("SEGNET_SHARED", REPO.parent / "shared"))
+CAMVID_ROOT = Path(os.environ.get("SEGNET_CAMVID", SHARED / "data" / "CamVid"))
+VGG16_WEIGHTS = Path(os.environ.get("SEGNET_VGG16_WEIGHTS", SHARED / "weights" / "vgg16_imagenet_features.pth"))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def camvid_root() -> Path:
+    if not (CAMVID_ROOT / "train.txt").is_file():
+        pytest.skip(f"CamVid not found at {CAMVID_ROOT} (set SEGNET_CAMVID or SEGNET_SHARED)")
+    return CAMVID_ROOT
+
+
+@pytest.fixture
+def vgg16_weights() -> Path:
+    if not VGG16_WEIGHTS.is_file():
+        pytest.skip(f"VGG16 weights not found at {VGG16_WEIGHTS} (set SEGNET_VGG16_WEIGHTS or SEGNET_SHARED)")
+    return VGG16_WEIGHTS

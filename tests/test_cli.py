@@ -1,0 +1,50 @@
+import subprocess
+import sys
+
+import pytest
+
+from segnet.cli import main
+
+MODELS = [
+    "segnet", "bayesian_segnet", "segnet_basic", "bayesian_segnet_basic", "segnet_basic_encoder_addition",
+    "segnet_basic_single_channel_decoder", "bilinear_interpolation", "fcn_basic", "fcn_basic_no_addition",
+    "fcn_basic_no_dim_reduction", "fcn_basic_no_addition_no_dim_reduction",
+]
+
+
+def test_models_prints_every_model_with_parameters(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in MODELS:
+        line = next(line for line in out.splitlines() if line.startswith(name + " "))
+        assert float(line.split()[1]) > 0.5
+    assert "29.449" in out
+
+
+def test_forward_smoke(capsys):
+    assert main(["forward", "--model", "segnet_basic", "--size", "45x61"]) == 0
+    assert "(1, 11, 45, 61)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["forward", "--model", "nope"], "unknown model"),
+        (["forward", "--size", "10x10", "--model", "segnet"], "at least 17x17"),
+        (["forward", "--size", "big"], "HEIGHTxWIDTH"),
+        (["models", "--num-classes", "0"], "positive integer"),
+        (["no-such-command"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_give_one_line_error(argv, message):
+    result = subprocess.run([sys.executable, "-m", "segnet", *argv], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_help_everywhere():
+    for argv in (["--help"], ["models", "--help"], ["forward", "--help"]):
+        result = subprocess.run([sys.executable, "-m", "segnet", *argv], capture_output=True, text=True)
+        assert result.returncode == 0 and "usage:" in result.stdout
