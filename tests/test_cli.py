@@ -48,3 +48,30 @@ def test_help_everywhere():
     for argv in (["--help"], ["models", "--help"], ["forward", "--help"]):
         result = subprocess.run([sys.executable, "-m", "segnet", *argv], capture_output=True, text=True)
         assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_data_weights_prints_mfb_table(capsys, tmp_path):
+    assert main(["data", "weights", "--dataset", "synthetic", "--cache", str(tmp_path / "w.json")]) == 0
+    out = capsys.readouterr().out
+    for name in ("sky", "building", "pole", "road", "pavement", "car"):
+        assert name in out
+    assert (tmp_path / "w.json").is_file()
+
+
+def test_data_weights_on_real_camvid(capsys, camvid_root):
+    assert main(["data", "weights", "--dataset", "camvid", "--root", str(camvid_root)]) == 0
+    rows = {line.split()[1]: float(line.split()[3]) for line in capsys.readouterr().out.splitlines()
+            if line[:3].strip().isdigit()}
+    assert len(rows) == 11
+    assert rows["Bicyclist"] > rows["Pedestrian"] > rows["Pole"] > 1 > rows["Road"]
+
+
+def test_data_check_and_pack(capsys, tmp_path):
+    assert main(["data", "check", "--dataset", "synthetic", "--splits", "val"]) == 0
+    assert "no problems found" in capsys.readouterr().out
+    out = tmp_path / "s.pack"
+    assert main(["data", "pack", "--dataset", "synthetic", "--splits", "val", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert main(["data", "check", "--dataset", "synthetic", "--root", str(out), "--splits", "val"]) == 0
+    assert main(["data", "check", "--dataset", "camvid", "--root", str(tmp_path / "nowhere")]) == 1
+    assert "CamVid root folder not found" in capsys.readouterr().out

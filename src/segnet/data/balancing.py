@@ -1,0 +1,78 @@
+"""Class balancing: median frequency balancing (the paper's) or none ("natural")."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from tqdm import tqdm
+
+
+def class_pixel_counts(labels: Iterable[torch.Tensor], num_classes: int, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class: pixels of that class, and total pixels of the images in which it appears.
+
+    "Total pixels" counts every pixel of the image, void included, as the definition reads.
+    """
+    class_pixels = torch.zeros(num_classes, dtype=torch.float64)
+    image_pixels = torch.zeros(num_classes, dtype=torch.float64)
+    for label in labels:
+        valid = label[label != ignore_index].flatten().long()
+        counts = torch.bincount(valid, minlength=num_classes)[:num_classes].double()
+        class_pixels += counts
+        image_pixels += (counts > 0).double() * label.numel()
+    return class_pixels, image_pixels
+
+
+def median_frequency_weights(class_pixels: torch.Tensor, image_pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """freq(c) = class_pixels(c) / image_pixels(c); weight(c) = median(freq) / freq(c).
+
+    The median is taken over the classes that occur in the data; a class that never occurs
+    gets weight 0 (it has no pixels to weigh). Returns ``(freq, weights)``.
+    """
+    present = image_pixels > 0
+    freq = torch.where(present, class_pixels / image_pixels.clamp(min=1), torch.zeros_like(class_pixels))
+    if not present.any():
+        raise ValueError("no labelled pixels: cannot compute class weights")
+    median = freq[present].quantile(0.5)  # the mean of the middle two for an even count
+    weights = torch.where(present, median / freq.clamp(min=1e-12), torch.zeros_like(freq))
+    return freq, weights
+
+
+def dataset_labels(dataset, progress: bool = True) -> Iterable[torch.Tensor]:
+    """The untransformed label maps of a dataset, one by one."""
+    for index in tqdm(range(len(dataset)), desc="counting classes", unit="img", disable=not progress, leave=False):
+        yield dataset.load(index)[1]
+
+
+def compute_class_weights(
+    dataset, mode: str = "median_frequency", cache: str | Path | None = None, progress: bool = True
+) -> dict:
+    """Class weights for the loss as ``{"mode", "class_names", "frequency", "weights"}``.
+
+    ``mode`` is ``"median_frequency"`` or ``"natural"`` (all ones). With ``cache``, a JSON
+    file is reused when it was computed for the same dataset, split size and mode.
+    """
+    meta = dataset.meta
+    if mode not in ("median_frequency", "natural"):
+        raise ValueError(f"unknown class balancing {mode!r}; use 'median_frequency' or 'natural'")
+    key = {"dataset": meta.name, "samples": len(dataset), "mode": mode, "class_names": list(meta.class_names)}
+    if cache is not None and Path(cache).is_file():
+        cached = json.loads(Path(cache).read_text())
+        if all(cached.get(k) == v for k, v in key.items()):
+            return cached
+    if mode == "natural":
+        freq = torch.zeros(meta.num_classes, dtype=torch.float64)
+        weights = torch.ones(meta.num_classes, dtype=torch.float64)
+    else:
+        class_pixels, image_pixels = class_pixel_counts(dataset_labels(dataset, progress), meta.num_classes, meta.ignore_index)
+        freq, weights = median_frequency_weights(class_pixels, image_pixels)
+    result = {**key, "frequency": freq.tolist(), "weights": weights.tolist()}
+    if cache is not None:
+        path = Path(cache)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(path)
+    return result
