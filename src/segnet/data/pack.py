@@ -27,7 +27,7 @@ VERSION = 1
 def _encode(array: np.ndarray, codec: str, quality: int) -> torch.Tensor:
     buffer = io.BytesIO()
     if codec == "jpeg":
-        Image.fromarray(array).save(buffer, "JPEG", quality=quality, subsampling=0)
+        Image.fromarray(array).save(buffer, "JPEG", quality=quality)  # 4:2:0 chroma, as usual
     else:
         Image.fromarray(array).save(buffer, "PNG", compress_level=6)
     return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)

@@ -1,0 +1,56 @@
+"""BF score speed and exact-vs-fast gap on the CamVid test labels.
+
+    python benchmarks/bf_score.py --root ../shared/data/CamVid [--shift 2 3] [--prediction-dir DIR]
+
+Without --prediction-dir, the "prediction" is the ground truth shifted by --shift pixels
+(rows, cols): a stand-in with realistic boundaries until a trained model's predictions
+are available. With it, DIR holds one label PNG per test image (same file names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from segnet.data import build_dataset
+from segnet.metrics import BoundaryF1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default="../shared/data/CamVid")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--shift", type=int, nargs=2, default=[2, 3])
+    parser.add_argument("--prediction-dir")
+    args = parser.parse_args()
+
+    dataset = build_dataset("camvid", args.root, args.split)
+    targets = [dataset.load(i)[1].numpy() for i in range(len(dataset))]
+    if args.prediction_dir:
+        preds = [np.array(Image.open(f"{args.prediction_dir}/{dataset.name_of(i)}.png")) for i in range(len(dataset))]
+        source = args.prediction_dir
+    else:
+        # void stays void in the target; the shifted map predicts a class everywhere
+        preds = [np.roll(t, args.shift, axis=(0, 1)) for t in targets]
+        preds = [np.where(p == dataset.meta.ignore_index, 0, p) for p in preds]
+        source = f"ground truth shifted by {tuple(args.shift)} px"
+    print(f"CamVid {args.split}: {len(targets)} images {targets[0].shape}, prediction = {source}; "
+          f"{torch.get_num_threads()} threads")
+    results = {}
+    for mode in ("exact", "fast"):
+        metric = BoundaryF1(dataset.meta.num_classes, dataset.meta.ignore_index, mode)
+        start = time.perf_counter()
+        for p, t in zip(preds, targets):
+            metric.update(p, t)
+        elapsed = time.perf_counter() - start
+        results[mode] = metric.compute()["mean_bf_score"]
+        print(f"BF {mode:5s}: {results[mode] * 100:6.2f}  in {elapsed:5.2f} s ({elapsed / len(targets) * 1000:.1f} ms/image)")
+    print(f"fast - exact = {(results['fast'] - results['exact']) * 100:+.2f} points")
+
+
+if __name__ == "__main__":
+    main()
