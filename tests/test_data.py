@@ -201,7 +201,9 @@ def test_pack_round_trip(tmp_path):
     images, labels = decode_split(read_pack(path), "train")
     image, label = splits["train"].load(0)
     assert torch.equal(labels[0].long(), label)
-    assert (images[0].float() - image.float()).abs().mean() < 4
+    # 4:2:0 JPEG on small synthetic scenes with sharp colour edges and per-pixel noise: about
+    # 7/255 (CamVid photos: 1.6/255); a broken decode would be near 85
+    assert (images[0].float() - image.float()).abs().mean() < 10
     assert not (tmp_path / "lossy.pack.tmp").exists()
     (tmp_path / "bad.pack").write_bytes(b"junk")
     with pytest.raises(DataError, match="not a readable segnet pack"):

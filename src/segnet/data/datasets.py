@@ -15,9 +15,8 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from .io import DataError, DatasetMeta, load_image, load_label
+from .io import DataError, DatasetMeta, SegmentationDataset, load_image, load_label
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -61,7 +60,7 @@ _SUN_VALUE_MAP = np.array([255] + list(range(37)) + [-1] * (256 - 38), dtype=np.
 SUNRGBD_NUMBERED_SPLITS = {"test": (1, 5050), "train": (5051, 10335)}
 
 
-class PairDataset(Dataset):
+class PairDataset(SegmentationDataset):
     """A list of (image file, label file) pairs; the base of all file-backed datasets."""
 
     def __init__(
@@ -91,12 +90,6 @@ class PairDataset(Dataset):
                 f"{image_path}: image is {tuple(image.shape[-2:])} (HxW) but its label {label_path} is "
                 f"{tuple(label.shape)}; they must match"
             )
-        return image, label
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = self.load(index)
-        if self.transform is not None:
-            image, label = self.transform(image, label)
         return image, label
 
     def name_of(self, index: int) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
 
 
 class DataError(ValueError):
@@ -47,6 +48,23 @@ class DatasetMeta:
             ignore_index=int(data["ignore_index"]),
             ignore_color=tuple(int(v) for v in data.get("ignore_color", (0, 0, 0))),
         )
+
+
+class SegmentationDataset(Dataset):
+    """What every dataset shares: ``load(index)`` gives the stored sample, indexing applies
+    ``transform``. Subclasses set ``meta`` and ``transform`` and define ``load``, ``name_of``."""
+
+    meta: DatasetMeta
+    transform = None
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = self.load(index)
+        if self.transform is not None:
+            image, label = self.transform(image, label)
+        return image, label
 
 
 def _open(path: Path) -> Image.Image:

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from .io import DataError, DatasetMeta
+from .io import DataError, DatasetMeta, SegmentationDataset
 
 FORMAT = "segnet-pack"
 VERSION = 1
@@ -93,7 +92,7 @@ def _decode(encoded: torch.Tensor, mode: str) -> torch.Tensor:
         return torch.from_numpy(np.array(image.convert(mode)))
 
 
-class PackedDataset(Dataset):
+class PackedDataset(SegmentationDataset):
     """A split of a pack as an ordinary dataset (decoded once, kept in memory)."""
 
     def __init__(self, path: str | Path, split: str = "train", transform=None) -> None:
@@ -108,12 +107,6 @@ class PackedDataset(Dataset):
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[index], self.labels[index].long()
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = self.load(index)
-        if self.transform is not None:
-            image, label = self.transform(image, label)
-        return image, label
 
     def name_of(self, index: int) -> str:
         return self.names[index]

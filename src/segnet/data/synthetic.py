@@ -12,9 +12,8 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from .io import DatasetMeta
+from .io import DatasetMeta, SegmentationDataset
 
 SYNTHETIC_META = DatasetMeta(
     name="synthetic",
@@ -105,7 +104,7 @@ def render_scene(seed: int, height: int = 96, width: int = 128) -> tuple[np.ndar
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
-class SyntheticRoadScenes(Dataset):
+class SyntheticRoadScenes(SegmentationDataset):
     """Generated road scenes, identical for the same (seed, split, index).
 
     Args:
@@ -137,12 +136,6 @@ class SyntheticRoadScenes(Dataset):
             raise IndexError(index)
         image, label = render_scene(self.seed * 7_919 + _SPLIT_OFFSET[self.split] + index, *self.size)
         return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(label).long()
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = self.load(index)
-        if self.transform is not None:
-            image, label = self.transform(image, label)
-        return image, label
 
     def name_of(self, index: int) -> str:
         return f"{self.split}_{index:05d}"
