@@ -193,12 +193,10 @@ class BoundaryF1:
     def compute(self) -> dict:
         images = np.array(self.image_scores, dtype=np.float64)
         classes = np.array(self.class_scores, dtype=np.float64).reshape(-1, self.num_classes)
-        with np.errstate(invalid="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                per_class = np.nanmean(classes, axis=0) if len(classes) else np.full(self.num_classes, np.nan)
-                mean = float(np.nanmean(images)) if len(images) else float("nan")
+        # nanmean without "mean of empty slice" warnings: an all-NaN column stays NaN
+        counts = np.isfinite(classes).sum(0)
+        per_class = np.where(counts > 0, np.nansum(classes, 0) / np.maximum(counts, 1), np.nan)
+        finite = images[np.isfinite(images)]
+        mean = float(finite.mean()) if len(finite) else float("nan")
         return {"mean_bf_score": mean, "class_bf_score": per_class.tolist(), "bf_mode": self.mode,
                 "bf_images": int(np.isfinite(images).sum())}
