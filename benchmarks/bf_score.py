@@ -10,7 +10,9 @@ are available. With it, DIR holds one label PNG per test image (same file names)
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
@@ -20,12 +22,23 @@ from segnet.data import build_dataset
 from segnet.metrics import BoundaryF1
 
 
+class _inline:
+    """No pool: score in this process."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="../shared/data/CamVid")
     parser.add_argument("--split", default="test")
     parser.add_argument("--shift", type=int, nargs=2, default=[2, 3])
     parser.add_argument("--prediction-dir")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes scoring images (default: all cores)")
     args = parser.parse_args()
 
     dataset = build_dataset("camvid", args.root, args.split)
@@ -39,13 +52,15 @@ def main() -> None:
         preds = [np.where(p == dataset.meta.ignore_index, 0, p) for p in preds]
         source = f"ground truth shifted by {tuple(args.shift)} px"
     print(f"CamVid {args.split}: {len(targets)} images {targets[0].shape}, prediction = {source}; "
-          f"{torch.get_num_threads()} threads")
+          f"{args.workers} worker process(es)")
     results = {}
     for mode in ("exact", "fast"):
-        metric = BoundaryF1(dataset.meta.num_classes, dataset.meta.ignore_index, mode)
         start = time.perf_counter()
-        for p, t in zip(preds, targets):
-            metric.update(p, t)
+        with ProcessPoolExecutor(args.workers) if args.workers > 1 else _inline() as pool:
+            metric = BoundaryF1(dataset.meta.num_classes, dataset.meta.ignore_index, mode, executor=pool)
+            for p, t in zip(preds, targets):
+                metric.update(p, t)
+            metric.compute()
         elapsed = time.perf_counter() - start
         results[mode] = metric.compute()["mean_bf_score"]
         print(f"BF {mode:5s}: {results[mode] * 100:6.2f}  in {elapsed:5.2f} s ({elapsed / len(targets) * 1000:.1f} ms/image)")

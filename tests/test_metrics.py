@@ -187,17 +187,58 @@ def brute_force_matching(edges, n_left):
 
 
 def test_matcher_finds_maximum_matchings():
-    from scipy.sparse import csr_matrix
-
     from segnet.metrics.boundary import maximum_matching_size
 
     rng = np.random.default_rng(0)
     for trial in range(60):
-        n_left, n_right = rng.integers(1, 8), rng.integers(1, 8)
+        n_left, n_right = int(rng.integers(1, 8)), int(rng.integers(1, 8))
         dense = rng.random((n_left, n_right)) < rng.uniform(0.1, 0.7)
-        graph = csr_matrix(dense.astype(np.int8))
+        rows, cols = np.nonzero(dense)
         edges = [list(np.flatnonzero(row)) for row in dense]
-        assert maximum_matching_size(graph.indptr, graph.indices, n_left, n_right) == brute_force_matching(edges, n_left)
-    # a greedy start that must be undone: left 0 grabs right 0, which left 1 needs
-    graph = csr_matrix(np.array([[1, 1], [1, 0]], dtype=np.int8))
-    assert maximum_matching_size(graph.indptr, graph.indices, 2, 2) == 2
+        assert maximum_matching_size(rows, cols, n_left, n_right)[0] == brute_force_matching(edges, n_left)
+    # a greedy start would have to be undone: left 0 takes right 0, which left 1 needs
+    assert maximum_matching_size(np.array([0, 0, 1]), np.array([0, 1, 0]), 2, 2)[0] == 2
+    # two independent graphs in one call: each group gets its own size
+    rows, cols = np.array([0, 1, 2, 3, 4]), np.array([0, 0, 1, 2, 2])
+    assert maximum_matching_size(rows, cols, 5, 3, np.array([0, 0, 1, 1, 1]), 2).tolist() == [1, 2]
+
+
+def test_class_boundaries_equal_boundary_map_per_class():
+    from segnet.metrics.boundary import class_boundaries
+
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        label = rng.integers(0, 4, (5, 7)).repeat(3, 0).repeat(2, 1)
+        label[rng.random(label.shape) < 0.05] = 9  # scattered single pixels
+        pixels = class_boundaries(label, range(10))
+        for c in range(10):
+            assert np.array_equal(pixels[c], np.flatnonzero(boundary_map(label == c)))
+
+
+def test_fast_matches_the_distance_transform_criterion():
+    from scipy.ndimage import distance_transform_edt
+
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        gt = rng.random((30, 41)) < 0.05
+        pred = rng.random((30, 41)) < 0.05
+        tol = float(rng.uniform(0.5, 4.0))
+        expected = (int((distance_transform_edt(~gt)[pred] <= tol).sum()),
+                    int((distance_transform_edt(~pred)[gt] <= tol).sum()))
+        assert matched_counts(pred, gt, tol, "fast") == expected
+
+
+def test_background_scoring_gives_the_same_result():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(3)
+    targets = rng.integers(0, 3, (4, 6, 8)).repeat(5, 1).repeat(5, 2)
+    preds = np.roll(targets, 2, axis=2)
+    inline = BoundaryF1(3)
+    inline.update(preds, targets)
+    with ThreadPoolExecutor(2) as pool:
+        background = BoundaryF1(3, executor=pool)
+        background.update(preds, targets)
+        result = background.compute()
+    assert result == inline.compute()
+    assert background.image_scores == inline.image_scores
