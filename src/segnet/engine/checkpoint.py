@@ -1,0 +1,110 @@
+"""Checkpoints: written atomically, read with ``weights_only=True`` (loading never runs code).
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
+
+- ``format``, ``version``: what this file is;
+- ``model``: ``{"name", "num_classes", "options"}``, enough to rebuild the network;
+- ``dataset``: the classes, palette and ignore value (``DatasetMeta.to_dict()``);
+- ``normalization``: ``{"mean", "std"}`` applied to images scaled to [0, 1];
+- ``state_dict``: the weights;
+- anything else the caller adds (the training loop adds recipe, epoch, metrics, optimizer
+  and RNG state).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import DatasetMeta
+from ..models import create_model
+
+FORMAT = "segnet-checkpoint"
+VERSION = 1
+
+
+def clean_state_dict(model: nn.Module) -> dict:
+    """The model's weights without wrapper prefixes (DDP's ``module.``, compile's ``_orig_mod.``)."""
+    state = {}
+    for key, value in model.state_dict().items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        state[key] = value
+    return state
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP and ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    model_name: str,
+    meta: DatasetMeta,
+    normalization: dict,
+    model_options: dict | None = None,
+    **extra,
+) -> Path:
+    """Write a checkpoint to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": {"name": model_name, "num_classes": meta.num_classes, "options": dict(model_options or {})},
+        "dataset": meta.to_dict(),
+        "normalization": {"mean": [float(v) for v in normalization["mean"]],
+                          "std": [float(v) for v in normalization["std"]]},
+        "state_dict": clean_state_dict(model),
+        **extra,
+    }
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint safely; errors name the file and say what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found (training writes RUN_DIR/best.pt and RUN_DIR/last.pt)")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{path}: refused to load: it holds objects other than tensors and plain data "
+                         f"({str(error).splitlines()[0]}); only segnet checkpoints are accepted") from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"{path}: not a readable checkpoint ({error}); was the file truncated?") from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a segnet checkpoint (no 'format': '{FORMAT}' entry)")
+    if checkpoint.get("version", 0) > VERSION:
+        raise ValueError(f"{path}: checkpoint version {checkpoint['version']} is newer than this segnet "
+                         f"understands ({VERSION}); upgrade segnet")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict | str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """``(model in eval mode, DatasetMeta, normalization)`` from a checkpoint dict or file."""
+    if not isinstance(checkpoint, dict):
+        checkpoint = load_checkpoint(checkpoint, map_location)
+    spec = checkpoint["model"]
+    model = create_model(spec["name"], spec["num_classes"], **spec.get("options", {}))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(map_location).eval(), DatasetMeta.from_dict(checkpoint["dataset"]), checkpoint["normalization"]

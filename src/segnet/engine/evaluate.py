@@ -1,0 +1,152 @@
+"""Run a model over a split and compute the paper's metrics: G, C, mIoU, weighted IoU, BF."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..data import DatasetMeta, normalize
+from ..metrics import BoundaryF1, ConfusionMatrix, confusion_matrix, scores_from_confusion
+
+
+@dataclass
+class Evaluation:
+    """What an evaluation produced: ``metrics`` (the metrics.json content), the confusion
+    matrix, one row per image, and a few ``(image, target, prediction)`` samples to show."""
+
+    metrics: dict
+    confusion: torch.Tensor
+    images: list[dict]
+    meta: DatasetMeta
+    samples: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]] = field(default_factory=list)
+
+
+def cpu_workers() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def predict_labels(model: nn.Module, images: torch.Tensor, normalization: dict) -> torch.Tensor:
+    """uint8 ``(N, 3, H, W)`` on the model's device -> ``(N, H, W)`` class ids."""
+    return model(normalize(images, normalization["mean"], normalization["std"])).argmax(1)
+
+
+def _batches(dataset, batch_size: int, num_workers: int):
+    """Batches of ``(indices, images, labels)``; images of different sizes go in separate batches."""
+    loader = DataLoader(range(len(dataset)), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=lambda indices: [(i, *dataset.load(i)) for i in indices])
+    for items in loader:
+        groups: dict[tuple, list] = {}
+        for index, image, label in items:
+            groups.setdefault(tuple(image.shape), []).append((index, image, label))
+        for group in groups.values():
+            indices, images, labels = zip(*group)
+            yield list(indices), torch.stack(images), torch.stack(labels)
+
+
+def evaluate(
+    model: nn.Module,
+    dataset,
+    normalization: dict,
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 4,
+    bf_mode: str | None = "exact",
+    bf_workers: int | None = None,
+    num_samples: int = 6,
+    loader_workers: int = 0,
+    progress: bool = True,
+) -> Evaluation:
+    """Evaluate ``model`` on every image of ``dataset`` (untransformed, full size).
+
+    The confusion matrix is accumulated on ``device``; BF (``bf_mode`` ``exact`` or
+    ``fast``, ``None`` to skip) is scored in ``bf_workers`` background processes (default:
+    one per core; 0 scores in this process) while the model runs on the next batch.
+    """
+    meta = dataset.meta
+    if len(dataset) == 0:
+        raise ValueError(f"the {meta.name} split to evaluate has no images")
+    device = torch.device(device)
+    was_training = model.training
+    model.eval().to(device)
+    confusion = ConfusionMatrix(meta.num_classes, meta.ignore_index)
+    workers = cpu_workers() if bf_workers is None else bf_workers
+    pool = None
+    if bf_mode is not None and workers > 0 and len(dataset) > 1:
+        methods = multiprocessing.get_all_start_methods()
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork" if "fork" in methods else None))
+    boundary = BoundaryF1(meta.num_classes, meta.ignore_index, bf_mode, executor=pool) if bf_mode else None
+    show = set(np.linspace(0, len(dataset) - 1, min(num_samples, len(dataset))).round().astype(int).tolist())
+    rows, samples = [], []
+    start = time.perf_counter()
+    try:
+        with torch.inference_mode(), tqdm(total=len(dataset), desc="evaluating", unit="img", disable=not progress) as bar:
+            for indices, images, labels in _batches(dataset, batch_size, loader_workers):
+                images, labels = images.to(device), labels.to(device)
+                preds = predict_labels(model, images, normalization)
+                confusion.update(preds, labels)
+                if boundary is not None:
+                    boundary.update(preds, labels)
+                for index, pred, label, image in zip(indices, preds, labels, images):
+                    scores = scores_from_confusion(confusion_matrix(pred, label, meta.num_classes, meta.ignore_index))
+                    rows.append({"index": index, "name": dataset.name_of(index),
+                                 "global_accuracy": scores["global_accuracy"], "mean_accuracy": scores["mean_accuracy"],
+                                 "mean_iou": scores["mean_iou"], "pixels": scores["pixels"]})
+                    if index in show:
+                        samples.append((image.permute(1, 2, 0).cpu().numpy(), label.cpu().numpy(), pred.cpu().numpy(),
+                                        dataset.name_of(index)))
+                bar.update(len(indices))
+            bf = boundary.compute() if boundary is not None else None
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+    if boundary is not None:
+        for row, score in zip(rows, boundary.image_scores):
+            row["bf_score"] = score
+    scores = confusion.compute()
+    metrics = {
+        "dataset": meta.name,
+        "images": len(rows),
+        "pixels": scores["pixels"],
+        "global_accuracy": scores["global_accuracy"],
+        "mean_accuracy": scores["mean_accuracy"],
+        "mean_iou": scores["mean_iou"],
+        "weighted_iou": scores["weighted_iou"],
+        "mean_bf_score": bf["mean_bf_score"] if bf else None,
+        "bf_mode": bf_mode,
+        "bf_images": bf["bf_images"] if bf else 0,
+        "seconds": round(seconds, 2),
+        "classes": [
+            {"name": name, "accuracy": scores["class_accuracy"][c], "iou": scores["class_iou"][c],
+             "bf_score": bf["class_bf_score"][c] if bf else None,
+             "pixels": int(confusion.matrix[c].sum()), "predicted_pixels": int(confusion.matrix[:, c].sum())}
+            for c, name in enumerate(meta.class_names)
+        ],
+    }
+    return Evaluation(_finite_or_none(metrics), confusion.matrix.cpu(), _finite_or_none(rows), meta, samples)
+
+
+def _finite_or_none(value):
+    """NaN (an undefined score) becomes None, which JSON and CSV can hold."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
