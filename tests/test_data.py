@@ -222,8 +222,16 @@ def test_resident_loader_covers_split_and_shards():
     assert torch.allclose(seen.sum((1, 2, 3)).sort().values, (images.float() / 255).sum((1, 2, 3)).sort().values)
     loader.set_epoch(1)
     assert not torch.equal(torch.cat([b[0] for b in loader]), seen)  # reshuffled every epoch
-    ranks = [ResidentLoader(images, labels, 2, (0.0,) * 3, (1.0,) * 3, 255, seed=1, rank=r, world_size=2) for r in (0, 1)]
-    assert sum(len(torch.cat([b[0] for b in r])) for r in ranks) == 10
+    # two ranks with batch 2 see, step by step, the two halves of one process's batch of 4,
+    # with the same flips and zoom
+    options = dict(hflip=True, scale=(0.8, 1.2), seed=1, drop_last=True)
+    single = list(ResidentLoader(images, labels, 4, (0.0,) * 3, (1.0,) * 3, 255, **options))
+    ranks = [list(ResidentLoader(images, labels, 2, (0.0,) * 3, (1.0,) * 3, 255, rank=r, world_size=2, **options))
+             for r in (0, 1)]
+    assert len(single) == len(ranks[0]) == len(ranks[1]) == 2
+    for whole, first, second in zip(single, *ranks):
+        assert torch.equal(whole[0], torch.cat([first[0], second[0]]))
+        assert torch.equal(whole[1], torch.cat([first[1], second[1]]))
     aug = ResidentLoader(images, labels, 5, (0.0,) * 3, (1.0,) * 3, 255, hflip=True, scale=(0.5, 1.5), seed=2)
     for _, lab in aug:
         assert set(lab.unique().tolist()) <= set(labels.unique().tolist()) | {255}

@@ -25,7 +25,11 @@ class ResidentLoader:
         hflip: random horizontal flips, per sample.
         scale: random zoom range applied per batch (labels nearest neighbour, out-of-image
             pixels get ``ignore_index``); ``(1, 1)`` for none.
-        rank, world_size: take every ``world_size``-th sample starting at ``rank``.
+        rank, world_size: for data-parallel training: every rank walks the same global
+            batches of ``batch_size * world_size`` samples and takes its own contiguous slice
+            (``batch_size`` samples), with the same flips and zoom as a single process
+            would draw for the global batch. So a 2-rank run sees exactly the samples of a
+            1-rank run with twice the batch, split in two halves.
     """
 
     def __init__(
@@ -62,30 +66,33 @@ class ResidentLoader:
         n = self.images.shape[0]
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(n, generator=generator)
-        else:
-            order = torch.arange(n)
-        return order[self.rank :: self.world_size]
+            return torch.randperm(n, generator=generator)
+        return torch.arange(n)
 
     def __len__(self) -> int:
-        n = len(range(self.rank, self.images.shape[0], self.world_size))
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, per_step = self.images.shape[0], self.batch_size * self.world_size
+        return n // per_step if self.drop_last else -(-n // per_step)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._order().to(self.images.device)
         generator = torch.Generator().manual_seed(self.seed * 7_919 + self.epoch + 1)
-        for start in range(0, len(order), self.batch_size):
-            index = order[start : start + self.batch_size]
-            if self.drop_last and len(index) < self.batch_size:
+        per_step = self.batch_size * self.world_size
+        for start in range(0, len(order), per_step):
+            step = order[start : start + per_step]
+            if self.drop_last and len(step) < per_step:
                 break
+            # random draws are made for the whole global batch, then this rank's slice taken
+            flip = torch.rand(len(step), generator=generator) < 0.5 if self.hflip else None
+            factor = float(torch.empty(1).uniform_(*self.scale, generator=generator)) if self.scale != (1.0, 1.0) else 1.0
+            mine = torch.tensor_split(torch.arange(len(step)), self.world_size)[self.rank]
+            index = step[mine.to(step.device)]
             images = normalize(self.images[index], self.mean, self.std)
             labels = self.labels[index].long()
-            if self.hflip:
-                flip = (torch.rand(len(index), generator=generator) < 0.5).to(images.device)
-                images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
-                labels = torch.where(flip.view(-1, 1, 1), labels.flip(-1), labels)
-            if self.scale != (1.0, 1.0):
-                factor = float(torch.empty(1).uniform_(*self.scale, generator=generator))
+            if flip is not None:
+                mine_flip = flip[mine].to(images.device)
+                images = torch.where(mine_flip.view(-1, 1, 1, 1), images.flip(-1), images)
+                labels = torch.where(mine_flip.view(-1, 1, 1), labels.flip(-1), labels)
+            if factor != 1.0:
                 images, labels = _zoom(images, labels, factor, self.ignore_index, generator)
             yield images, labels
 

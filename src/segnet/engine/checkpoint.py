@@ -101,7 +101,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def model_from_checkpoint(checkpoint: dict | str | os.PathLike, map_location: str | torch.device = "cpu"):
-    """``(model in eval mode, DatasetMeta, normalization)`` from a checkpoint dict or file."""
+    """``(model in eval mode, DatasetMeta, normalization)`` from a checkpoint dict or file.
+
+    A model trained at a reduced size says so in ``checkpoint["input_size"]``.
+    """
     if not isinstance(checkpoint, dict):
         checkpoint = load_checkpoint(checkpoint, map_location)
     spec = checkpoint["model"]

@@ -39,9 +39,26 @@ def cpu_workers() -> int:
         return os.cpu_count() or 1
 
 
-def predict_labels(model: nn.Module, images: torch.Tensor, normalization: dict) -> torch.Tensor:
+def predict_logits(model: nn.Module, images: torch.Tensor, normalization: dict,
+                   input_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """uint8 ``(N, 3, H, W)`` on the model's device -> logits ``(N, K, H, W)``.
+
+    With ``input_size`` the images are resized to it for the network (a model trained at
+    reduced size) and the logits resized back, so scores are always at full resolution.
+    """
+    x = normalize(images, normalization["mean"], normalization["std"])
+    size = tuple(images.shape[-2:])
+    if input_size is not None and tuple(input_size) != size:
+        x = torch.nn.functional.interpolate(x, size=tuple(input_size), mode="bilinear", antialias=True,
+                                            align_corners=False)
+        return torch.nn.functional.interpolate(model(x), size=size, mode="bilinear", align_corners=False)
+    return model(x)
+
+
+def predict_labels(model: nn.Module, images: torch.Tensor, normalization: dict,
+                   input_size: tuple[int, int] | None = None) -> torch.Tensor:
     """uint8 ``(N, 3, H, W)`` on the model's device -> ``(N, H, W)`` class ids."""
-    return model(normalize(images, normalization["mean"], normalization["std"])).argmax(1)
+    return predict_logits(model, images, normalization, input_size).argmax(1)
 
 
 def _batches(dataset, batch_size: int, num_workers: int):
@@ -68,6 +85,7 @@ def evaluate(
     bf_workers: int | None = None,
     num_samples: int = 6,
     loader_workers: int = 0,
+    input_size: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> Evaluation:
     """Evaluate ``model`` on every image of ``dataset`` (untransformed, full size).
@@ -75,6 +93,7 @@ def evaluate(
     The confusion matrix is accumulated on ``device``; BF (``bf_mode`` ``exact`` or
     ``fast``, ``None`` to skip) is scored in ``bf_workers`` background processes (default:
     one per core; 0 scores in this process) while the model runs on the next batch.
+    ``input_size``: run the network at this size (see ``predict_logits``).
     """
     meta = dataset.meta
     if len(dataset) == 0:
@@ -96,7 +115,7 @@ def evaluate(
         with torch.inference_mode(), tqdm(total=len(dataset), desc="evaluating", unit="img", disable=not progress) as bar:
             for indices, images, labels in _batches(dataset, batch_size, loader_workers):
                 images, labels = images.to(device), labels.to(device)
-                preds = predict_labels(model, images, normalization)
+                preds = predict_labels(model, images, normalization, input_size)
                 confusion.update(preds, labels)
                 if boundary is not None:
                     boundary.update(preds, labels)
@@ -131,6 +150,7 @@ def evaluate(
         "bf_mode": bf_mode,
         "bf_images": bf["bf_images"] if bf else 0,
         "seconds": round(seconds, 2),
+        "input_size": list(input_size) if input_size else None,
         "classes": [
             {"name": name, "accuracy": scores["class_accuracy"][c], "iou": scores["class_iou"][c],
              "bf_score": bf["class_bf_score"][c] if bf else None,

@@ -1,0 +1,132 @@
+"""Training recipes as plain data, and the configuration they resolve to.
+
+A recipe is a dict of ``TrainConfig`` fields; ``resolve_config`` starts from the defaults,
+applies the recipe, then the user's overrides, and checks every value. The resolved
+configuration is written to the run directory as ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+LOSS_NORMALIZATIONS = ("valid_pixels", "weights")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (one flat record, written as config.json)."""
+
+    model: str = "segnet_basic"
+    dataset: str = "synthetic"
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    recipe: str = "paper-basic"
+    epochs: int = 100
+    batch_size: int = 12  # global: split across ranks and micro-batches
+    accumulate: int = 1  # micro-batches per optimiser step (same result, less memory)
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "constant"  # constant | cosine (per step, after linear warm-up)
+    warmup_epochs: float = 0.0
+    class_balancing: str = "median_frequency"  # median_frequency | natural
+    loss_normalization: str = "valid_pixels"  # valid_pixels (the original) | weights (PyTorch's mean)
+    encoder_weights: str | None = None  # "imagenet" or a VGG16 state-dict path (VGG models only)
+    size: list[int] | None = None  # [H, W] to train at (None: the data's own size)
+    hflip: bool = False
+    scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    val_every: int = 10  # epochs between validations (and always after the last epoch)
+    select_by: str = "global_accuracy"  # the validation score that picks best.pt
+    bn_recompute: bool = True  # after training, recompute BN statistics of best.pt over the training set
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA
+    compile: bool = False
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+RECIPES: dict[str, dict] = {
+    # Table 1 of the paper: SGD 0.1 fixed, momentum 0.9, batch 12, MFB, He init, 360x480,
+    # no augmentation, keep the best validation global accuracy; BN statistics recomputed
+    # over the training set at the end as the original release does.
+    "paper-basic": dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=12, epochs=200,
+                        schedule="constant", class_balancing="median_frequency", loss_normalization="valid_pixels",
+                        hflip=False, scale=[1.0, 1.0], val_every=10, select_by="global_accuracy", bn_recompute=True),
+    # SegNet (VGG16): SGD 1e-3 fixed, momentum 0.9, weight decay 5e-4, small batch,
+    # ImageNet VGG16 encoder, MFB.
+    "paper": dict(optimizer="sgd", lr=1e-3, momentum=0.9, weight_decay=5e-4, batch_size=5, epochs=300,
+                  schedule="constant", class_balancing="median_frequency", loss_normalization="valid_pixels",
+                  encoder_weights="imagenet", hflip=False, scale=[1.0, 1.0], val_every=10,
+                  select_by="global_accuracy", bn_recompute=True),
+    # Same architectures, current practice: flips and scale augmentation, AdamW with warm-up
+    # and cosine decay, longer training, best checkpoint by validation mIoU, running BN
+    # statistics. Not yet validated at full scale (see docs/results.md).
+    "modern": dict(optimizer="adamw", lr=1e-3, momentum=0.9, weight_decay=1e-4, batch_size=8, epochs=400,
+                   schedule="cosine", warmup_epochs=5, class_balancing="median_frequency",
+                   loss_normalization="valid_pixels", hflip=True, scale=[0.75, 1.5], val_every=10,
+                   select_by="mean_iou", bn_recompute=False),
+}
+
+_CHOICES = {
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("constant", "cosine"),
+    "class_balancing": ("median_frequency", "natural"),
+    "loss_normalization": LOSS_NORMALIZATIONS,
+    "select_by": ("global_accuracy", "mean_accuracy", "mean_iou"),
+}
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``key=value`` with the value read as JSON when it parses (numbers, true, null, [..]), else a string."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like key=value (e.g. lr=0.01, scale=[0.5,2], size=null)")
+    key, raw = text.split("=", 1)
+    key = key.strip().replace("-", "_")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def resolve_config(recipe: str, overrides: dict | None = None) -> TrainConfig:
+    """Defaults <- recipe <- overrides, with every value checked."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+    values = {**RECIPES[recipe], "recipe": recipe}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for key, value in (overrides or {}).items():
+        if key not in fields:
+            raise ValueError(f"unknown training option {key!r}; options: {', '.join(fields)}")
+        values[key] = value
+    config = TrainConfig(**values)
+    check_config(config)
+    return config
+
+
+def check_config(config: TrainConfig) -> None:
+    """Raise ValueError naming the first bad value."""
+    for key, allowed in _CHOICES.items():
+        if getattr(config, key) not in allowed:
+            raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {getattr(config, key)!r}")
+    for key in ("epochs", "batch_size", "accumulate", "val_every"):
+        value = getattr(config, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, not {value!r}")
+    for key in ("lr", "momentum", "weight_decay", "warmup_epochs"):
+        value = getattr(config, key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{key} must be a non-negative number, not {value!r}")
+    if config.batch_size % config.accumulate:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by accumulate {config.accumulate}")
+    if config.size is not None and (len(config.size) != 2 or min(config.size) < 1):
+        raise ValueError(f"size must be [HEIGHT, WIDTH], not {config.size!r}")
+    if len(config.scale) != 2 or not 0 < config.scale[0] <= config.scale[1]:
+        raise ValueError(f"scale must be [low, high] with 0 < low <= high, not {config.scale!r}")

@@ -1,0 +1,382 @@
+"""One readable training loop: single process, or data-parallel under torchrun.
+
+    run_dir/config.json        the resolved configuration
+    run_dir/class_weights.json the loss weights (median frequency balancing or ones)
+    run_dir/last.pt, best.pt   checkpoints (atomic; best by the recipe's validation score)
+    run_dir/metrics.csv        one row per epoch
+    run_dir/training_curves.png
+
+Under ``torchrun --nproc-per-node N`` every rank trains on its slice of each global batch
+(DistributedDataParallel), validation confusion matrices are summed across ranks, and only
+rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..data import DatasetMeta, ResidentLoader, build_dataset, compute_class_weights, normalize
+from ..metrics import ConfusionMatrix
+from ..models import create_model, model_info
+from .checkpoint import load_checkpoint, save_checkpoint, unwrap
+from .recipes import TrainConfig, check_config
+
+log = logging.getLogger("segnet")
+CSV_FIELDS = ["epoch", "step", "train_loss", "lr", "images_per_s", "seconds", "val_global_accuracy",
+              "val_mean_accuracy", "val_mean_iou"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- setup
+def _distributed() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)``; joins the process group when torchrun started us."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def load_split(config: TrainConfig, split: str, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, DatasetMeta]:
+    """A whole split as uint8 images ``(N, 3, H, W)`` and uint8/int labels, resized to ``config.size``."""
+    dataset = build_dataset(config.dataset, config.root, split)
+    if len(dataset) == 0:
+        raise ValueError(f"{config.dataset} split {split!r} has no images")
+    images, labels = [], []
+    for index in tqdm(range(len(dataset)), desc=f"loading {split}", unit="img", leave=False,
+                      disable=not progress):
+        image, label = dataset.load(index)
+        if config.size is not None and tuple(image.shape[-2:]) != tuple(config.size):
+            image = F.interpolate(image[None].float(), size=config.size, mode="bilinear", antialias=True,
+                                  align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+            label = F.interpolate(label[None, None].float(), size=config.size, mode="nearest")[0, 0].long()
+        images.append(image)
+        labels.append(label)
+    shapes = {tuple(i.shape) for i in images}
+    if len(shapes) > 1:
+        raise ValueError(f"{config.dataset} {split} images have different sizes {sorted(shapes)[:3]}...; "
+                         "train at one size with --size HxW")
+    dtype = torch.uint8 if dataset.meta.ignore_index < 256 else torch.int16
+    return torch.stack(images), torch.stack(labels).to(dtype), dataset.meta
+
+
+def weighted_loss_sum(logits, labels, weights, ignore_index, normalization: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weighted cross-entropy summed over valid pixels, its normaliser)``.
+
+    ``valid_pixels``: the original's normaliser, the number of non-void pixels;
+    ``weights``: PyTorch's weighted mean, the sum of the weights of those pixels.
+    Returning both lets a step divide by the normaliser of the whole global batch, so
+    micro-batches and ranks add up to exactly the single-batch loss.
+    """
+    total = F.cross_entropy(logits.float(), labels, weight=weights, ignore_index=ignore_index, reduction="sum")
+    valid = labels != ignore_index
+    if normalization == "valid_pixels":
+        return total, valid.sum().to(total.dtype)
+    return total, weights[labels[valid]].sum().to(total.dtype)
+
+
+def _all_reduce(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
+    if world_size > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def validate(model, images, labels, meta: DatasetMeta, normalization: dict, batch_size: int, device,
+             autocast, rank: int = 0, world_size: int = 1) -> dict:
+    """G, C, mIoU on a resident split; with several ranks each scores a slice and the
+    confusion matrices are summed."""
+    mine = torch.tensor_split(torch.arange(len(images)), world_size)[rank]
+    confusion = ConfusionMatrix(meta.num_classes, meta.ignore_index)
+    confusion.matrix = torch.zeros(meta.num_classes, meta.num_classes, dtype=torch.long, device=device)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for chunk in mine.split(batch_size):
+            x = normalize(images[chunk].to(device), normalization["mean"], normalization["std"])
+            with autocast():
+                pred = model(x).argmax(1)
+            confusion.update(pred, labels[chunk].to(device).long())
+    model.train(was_training)
+    _all_reduce(confusion.matrix, world_size)
+    return confusion.compute()
+
+
+@torch.no_grad()
+def recompute_bn_statistics(model: nn.Module, loader, device, world_size: int = 1) -> int:
+    """The original's test-time BN: one pass over the training set in training mode, with
+    each BN layer's statistics the plain average of the per-batch means and (unbiased)
+    variances (PyTorch's ``momentum=None``). Returns the number of batches used."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    batches = 0
+    for images, _ in loader:
+        model(images.to(device))
+        batches += 1
+    model.train(was_training)
+    for m, momentum in zip(layers, saved):
+        m.momentum = momentum
+        if world_size > 1:
+            for buffer in (m.running_mean, m.running_var):
+                dist.all_reduce(buffer)
+                buffer /= world_size
+    return batches
+
+
+def _learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    warmup = config.warmup_epochs * steps_per_epoch
+    if warmup and step < warmup:
+        return config.lr * (step + 1) / warmup
+    if config.schedule == "cosine":
+        total = config.epochs * steps_per_epoch
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return config.lr
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows([{k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS} for row in rows])
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True) -> dict:
+    """Train as ``config`` says, writing the run into ``out_dir``; returns a summary dict.
+
+    ``resume=True`` continues from ``out_dir/last.pt`` (same configuration, same data
+    order and random state): the result equals an uninterrupted run.
+    """
+    out = Path(out_dir)
+    rank, world_size, local_rank = _distributed()
+    device = _device(config.device, local_rank)
+    check_config(config)
+    checkpoint = None
+    if resume:
+        checkpoint = load_checkpoint(out / "last.pt", map_location="cpu")
+        config = TrainConfig(**{**checkpoint["config"], "epochs": config.epochs, "device": config.device})
+    elif (out / "last.pt").exists():
+        raise ValueError(f"{out} already holds a run (last.pt); continue it with --resume or choose another --out")
+    per_rank, remainder = divmod(config.batch_size, world_size)
+    if remainder or per_rank % config.accumulate:
+        raise ValueError(f"batch_size {config.batch_size} must split evenly over {world_size} processes "
+                         f"and {config.accumulate} micro-batches")
+    torch.manual_seed(config.seed)
+
+    # data: whole splits resident on the device
+    show = progress and rank == 0
+    train_images, train_labels, meta = load_split(config, config.train_split, show)
+    val_images, val_labels, _ = load_split(config, config.val_split, show) if config.val_split else (None, None, None)
+    info = model_info(config.model)
+    normalization = info.normalization
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    balancing = compute_class_weights(build_dataset(config.dataset, config.root, config.train_split),
+                                      config.class_balancing, progress=False)
+    weights = torch.tensor(balancing["weights"], dtype=torch.float32, device=device)
+    loader = ResidentLoader(train_images.to(device), train_labels.to(device), per_rank, normalization["mean"],
+                            normalization["std"], meta.ignore_index, shuffle=True, drop_last=True,
+                            hflip=config.hflip, scale=tuple(config.scale), seed=config.seed, rank=rank,
+                            world_size=world_size)
+    if len(loader) == 0:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_images)} training images")
+
+    # model and optimiser
+    encoder = config.encoder_weights if checkpoint is None else None
+    model = create_model(config.model, meta.num_classes, encoder_weights=encoder).to(device)
+    cuda = device.type == "cuda"
+    if cuda and config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["state_dict"])
+    if world_size > 1:
+        if cuda:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    step_model = torch.compile(model) if config.compile else model
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and config.amp else nullcontext
+
+    start_epoch, step, history = 0, 0, []
+    best = {"value": -1.0, "epoch": None}
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_epoch, step, history, best = checkpoint["epoch"], checkpoint["step"], checkpoint["history"], checkpoint["best"]
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if cuda and checkpoint["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
+        log.info("resuming %s after epoch %d (step %d)", out, start_epoch, step)
+    elif rank == 0:
+        _write_json(out / "config.json", config.to_dict())
+        _write_json(out / "class_weights.json", balancing)
+
+    def save(name: str, epoch: int, metrics: dict | None) -> None:
+        save_checkpoint(
+            out / name, unwrap(model), config.model, meta, normalization,
+            recipe=config.recipe, config=config.to_dict(), epoch=epoch, step=step, metrics=metrics,
+            history=history, best=best, optimizer=optimizer.state_dict(), input_size=config.size,
+            rng={"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None},
+        )
+
+    model.train()
+    for epoch in range(start_epoch, config.epochs):
+        loader.set_epoch(epoch)
+        epoch_start, loss_sum, norm_sum, images_seen = time.perf_counter(), 0.0, 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
+                   disable=not progress or rank != 0)
+        for images, labels in bar:
+            lr = _learning_rate(config, step, len(loader))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if cuda and config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            # normaliser of the whole global batch, so micro-batches and ranks add up exactly
+            norm = _batch_normaliser(labels, weights, meta.ignore_index, config.loss_normalization)
+            norm = _all_reduce(norm, world_size)
+            total = torch.zeros((), device=device)
+            micro_batches = list(zip(images.chunk(config.accumulate), labels.chunk(config.accumulate)))
+            for index, (x, y) in enumerate(micro_batches):
+                sync = index == len(micro_batches) - 1 or world_size == 1
+                with (nullcontext() if sync else model.no_sync()), autocast():
+                    logits = step_model(x)
+                loss_part, _ = weighted_loss_sum(logits, y, weights, meta.ignore_index, config.loss_normalization)
+                # DDP averages gradients over ranks: scale back up to the global sum / global normaliser
+                (loss_part / norm.clamp(min=1) * world_size).backward()
+                total += loss_part.detach()
+            total = _all_reduce(total, world_size)
+            loss = float(total / norm.clamp(min=1))
+            if not math.isfinite(loss):
+                optimizer.zero_grad(set_to_none=True)
+                raise TrainingError(
+                    f"the training loss became {loss} at epoch {epoch + 1}, step {step + 1}; stopped. "
+                    f"{out / 'last.pt'} holds the last good state (after epoch {start_epoch if not history else history[-1]['epoch']}). "
+                    "Lower the learning rate (--lr) or check the data (segnet data check), then --resume or start anew."
+                )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_sum += float(total)
+            norm_sum += float(norm)
+            images_seen += len(images) * world_size
+            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_seen / (time.perf_counter() - epoch_start):.1f}")
+        seconds = time.perf_counter() - epoch_start
+        row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(norm_sum, 1), "lr": lr,
+               "images_per_s": round(images_seen / seconds, 2), "seconds": round(seconds, 2)}
+        metrics = None
+        if val_images is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
+            metrics = validate(model, val_images, val_labels, meta, normalization, per_rank, device, autocast,
+                               rank, world_size)
+            row.update({f"val_{k}": metrics[k] for k in ("global_accuracy", "mean_accuracy", "mean_iou")})
+            if metrics[config.select_by] > best["value"]:
+                best = {"value": metrics[config.select_by], "epoch": epoch + 1}
+                if rank == 0:
+                    save("best.pt", epoch + 1, metrics)
+        history.append(row)
+        if rank == 0:
+            save("last.pt", epoch + 1, metrics)
+            _write_csv(out / "metrics.csv", history)
+            val = f", val G {row['val_global_accuracy'] * 100:.1f} mIoU {row['val_mean_iou'] * 100:.1f}" if metrics else ""
+            log.info("epoch %d/%d: loss %.4f, %.1f img/s%s", epoch + 1, config.epochs, row["train_loss"],
+                     row["images_per_s"], val)
+
+    summary = {"run_dir": str(out), "epochs": config.epochs, "best": best, "history": history}
+    if config.bn_recompute and best["epoch"] is not None:
+        summary["bn_recompute"] = _recompute_best(config, out, model, loader, val_images, val_labels, meta,
+                                                  normalization, per_rank, device, autocast, rank, world_size)
+    if rank == 0:
+        from ..report import training_curves
+
+        training_curves(history, out / "training_curves.png")
+        _write_tensorboard(out, history)
+    if world_size > 1:
+        dist.barrier()
+    return summary
+
+
+def _batch_normaliser(labels, weights, ignore_index: int, normalization: str) -> torch.Tensor:
+    valid = labels != ignore_index
+    if normalization == "valid_pixels":
+        return valid.sum().float()
+    return weights[labels[valid]].sum().float()
+
+
+def _recompute_best(config, out, model, loader, val_images, val_labels, meta, normalization, per_rank, device,
+                    autocast, rank, world_size) -> dict:
+    """Load best.pt's weights, recompute BN statistics over the training set, re-validate, save."""
+    if world_size > 1:
+        dist.barrier()  # rank 0 has written best.pt
+    best_checkpoint = load_checkpoint(out / "best.pt", map_location=device)
+    plain = unwrap(model)
+    plain.load_state_dict(best_checkpoint["state_dict"])
+    before = best_checkpoint["metrics"]
+    plain_loader = ResidentLoader(loader.images, loader.labels, per_rank, normalization["mean"], normalization["std"],
+                                  meta.ignore_index, shuffle=False, drop_last=True, rank=rank, world_size=world_size)
+    batches = recompute_bn_statistics(plain, plain_loader, device, world_size)
+    after = validate(plain, val_images, val_labels, meta, normalization, per_rank, device, autocast, rank, world_size)
+    result = {"batches": batches, "before": {k: before[k] for k in ("global_accuracy", "mean_accuracy", "mean_iou")},
+              "after": {k: after[k] for k in ("global_accuracy", "mean_accuracy", "mean_iou")}}
+    if rank == 0:
+        extra = {k: v for k, v in best_checkpoint.items()
+                 if k not in ("format", "version", "model", "dataset", "normalization", "state_dict", "metrics")}
+        save_checkpoint(out / "best.pt", plain, config.model, meta, normalization, metrics=after,
+                        metrics_running_bn=before, bn_recomputed=True, **extra)
+        log.info("best.pt (epoch %s): BN statistics recomputed over %d training batches; val G %.1f -> %.1f, "
+                 "mIoU %.1f -> %.1f", best_checkpoint["epoch"], batches, before["global_accuracy"] * 100,
+                 after["global_accuracy"] * 100, before["mean_iou"] * 100, after["mean_iou"] * 100)
+    return result
+
+
+def _write_tensorboard(out: Path, history: list[dict]) -> None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return
+    writer = SummaryWriter(str(out / "tensorboard"))
+    for row in history:
+        for key, value in row.items():
+            if key != "epoch" and value is not None:
+                writer.add_scalar(key, value, row["epoch"])
+    writer.close()

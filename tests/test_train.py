@@ -1,0 +1,197 @@
+"""Training: recipes, loss, BN recompute, checkpoints, kill-and-resume, non-finite stop, DDP."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segnet.cli import main
+from segnet.engine import load_checkpoint, model_from_checkpoint
+from segnet.engine.recipes import RECIPES, parse_override, resolve_config
+from segnet.engine.train import TrainingError, recompute_bn_statistics, train, weighted_loss_sum
+
+# small and quick: synthetic scenes at 32x48, 96 training images, batch 8 -> 12 steps per epoch
+TINY = {"dataset": "synthetic", "size": [32, 48], "batch_size": 8, "val_every": 1, "device": "cpu"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+
+
+def test_recipes_carry_the_paper_protocols():
+    basic = resolve_config("paper-basic")
+    assert (basic.optimizer, basic.lr, basic.momentum, basic.batch_size) == ("sgd", 0.1, 0.9, 12)
+    assert basic.class_balancing == "median_frequency" and basic.loss_normalization == "valid_pixels"
+    assert basic.select_by == "global_accuracy" and basic.hflip is False and basic.encoder_weights is None
+    paper = resolve_config("paper")
+    assert (paper.lr, paper.weight_decay, paper.encoder_weights) == (1e-3, 5e-4, "imagenet")
+    assert set(RECIPES) == {"paper-basic", "paper", "modern"}
+    overridden = resolve_config("paper", {"lr": 0.01, "scale": [0.5, 2.0], "encoder_weights": None})
+    assert overridden.lr == 0.01 and overridden.scale == [0.5, 2.0] and overridden.encoder_weights is None
+    assert parse_override("scale=[0.5,2]") == ("scale", [0.5, 2]) and parse_override("device=cuda:1") == ("device", "cuda:1")
+    with pytest.raises(ValueError, match="unknown training option 'lrate'"):
+        resolve_config("paper", {"lrate": 1})
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        resolve_config("paper", {"optimizer": "lbfgs"})
+    with pytest.raises(ValueError, match="divisible by accumulate"):
+        resolve_config("paper-basic", {"batch_size": 12, "accumulate": 5})
+    with pytest.raises(ValueError, match="unknown recipe"):
+        resolve_config("fast")
+
+
+def test_loss_normalisations():
+    logits = torch.randn(2, 3, 4, 5)
+    labels = torch.randint(0, 3, (2, 4, 5))
+    labels[0, 0] = 255
+    weights = torch.tensor([0.5, 2.0, 1.0])
+    total, pixels = weighted_loss_sum(logits, labels, weights, 255, "valid_pixels")
+    assert pixels == (labels != 255).sum()
+    per_pixel = F.cross_entropy(logits, labels, reduction="none", ignore_index=255)
+    valid = labels != 255
+    assert total == pytest.approx(float((per_pixel * weights[labels.clamp(max=2)])[valid].sum()), rel=1e-5)
+    # "weights" is PyTorch's weighted mean: sum / sum of the weights of the valid pixels
+    total, weight_sum = weighted_loss_sum(logits, labels, weights, 255, "weights")
+    expected = F.cross_entropy(logits, labels, weight=weights, ignore_index=255)
+    assert float(total / weight_sum) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_bn_recompute_is_the_average_of_batch_statistics():
+    bn = nn.BatchNorm2d(3)
+    batches = [(torch.randn(4, 3, 5, 5) * (i + 1) + i, None) for i in range(3)]
+    assert recompute_bn_statistics(nn.Sequential(bn), batches, "cpu") == 3
+    means = torch.stack([x.mean((0, 2, 3)) for x, _ in batches]).mean(0)
+    variances = torch.stack([x.var((0, 2, 3), unbiased=True) for x, _ in batches]).mean(0)
+    assert torch.allclose(bn.running_mean, means, atol=1e-6) and torch.allclose(bn.running_var, variances, atol=1e-5)
+    assert bn.momentum == 0.1  # restored
+
+
+def test_training_run_writes_everything(tmp_path):
+    config = resolve_config("paper-basic", {**TINY, "epochs": 3, "val_every": 2})
+    summary = train(config, tmp_path, progress=False)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "class_weights.json", "last.pt", "best.pt", "metrics.csv", "training_curves.png"} <= names
+    assert not [n for n in names if n.startswith(".")]  # no temporary files left
+    assert json.loads((tmp_path / "config.json").read_text())["lr"] == 0.1
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])  # it learns
+    assert rows[0]["val_mean_iou"] == "" and float(rows[1]["val_mean_iou"]) > 0  # validated on epochs 2 and 3
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert last["epoch"] == 3 and last["recipe"] == "paper-basic" and last["input_size"] == [32, 48]
+    assert {"optimizer", "rng", "history", "config", "metrics"} <= set(last)
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["epoch"] == summary["best"]["epoch"] and best["bn_recomputed"] is True
+    model, meta, normalization = model_from_checkpoint(tmp_path / "best.pt")
+    assert meta.name == "synthetic" and not model.training
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(config, tmp_path, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import segnet.engine.train as engine_train
+
+    calls = {"n": 0}
+    real = engine_train.weighted_loss_sum
+
+    def poisoned(logits, *args):
+        calls["n"] += 1
+        total, norm = real(logits, *args)
+        return (total * float("nan") if calls["n"] > 15 else total), norm  # 12 steps in epoch 1, fail in epoch 2
+
+    monkeypatch.setattr(engine_train, "weighted_loss_sum", poisoned)
+    config = resolve_config("paper-basic", {**TINY, "epochs": 3, "bn_recompute": False})
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 2.*last\.pt"):
+        train(config, tmp_path, progress=False)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path / "last.pt")["state_dict"].values()
+               if v.is_floating_point())
+
+
+def _train_command(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "segnet", "train", "--out", str(out), "--size", "32x48", "--batch-size", "8",
+            "--val-every", "1", "--device", "cpu", *extra]
+
+
+def _weights(path: Path) -> dict:
+    return load_checkpoint(path)["state_dict"]
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_train_command(straight, "--epochs", "3"), env=ENV, check=True, capture_output=True, timeout=300)
+    process = subprocess.Popen(_train_command(killed, "--epochs", "3"), env=ENV, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    # wait until epoch 1 is checkpointed, then kill in the middle of epoch 2
+    deadline = time.time() + 240
+    while time.time() < deadline and not (killed / "metrics.csv").exists():
+        time.sleep(0.05)
+    epoch_seconds = float(list(csv.DictReader(open(killed / "metrics.csv")))[0]["seconds"])
+    time.sleep(epoch_seconds / 2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert load_checkpoint(killed / "last.pt")["epoch"] == 1  # it really died mid-run
+    subprocess.run(_train_command(killed, "--resume"), env=ENV, check=True, capture_output=True, timeout=300)
+    a, b = _weights(straight / "last.pt"), _weights(killed / "last.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    history = [r["train_loss"] for r in csv.DictReader(open(killed / "metrics.csv"))]
+    assert history == [r["train_loss"] for r in csv.DictReader(open(straight / "metrics.csv"))]
+
+
+def test_two_process_gloo_run_equals_one_process(tmp_path):
+    """torchrun, 2 CPU processes with gloo, batch 8 (4 per rank) == 1 process, batch 8 in 2
+    micro-batches of 4 (batch norm sees 4 images in both; SyncBatchNorm is GPU-only)."""
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    subprocess.run(_train_command(single, "--epochs", "1", "--accumulate", "2"), env=ENV, check=True,
+                   capture_output=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--master-port", "29533", "-m", "segnet", *_train_command(ddp, "--epochs", "1")[3:]],
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single_model, meta, normalization = model_from_checkpoint(single / "last.pt")
+    ddp_model, _, _ = model_from_checkpoint(ddp / "last.pt")
+    # the learned parameters agree (summation order differs: all-reduce vs accumulation);
+    # BN running statistics are not compared: each forward updates them, and one process
+    # with two micro-batches makes twice as many forwards per step as each rank does
+    for (name, a), (_, b) in zip(single_model.named_parameters(), ddp_model.named_parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
+    # validation is split across the ranks and their confusion matrices summed: the
+    # reported score equals one process validating the same weights on the whole split
+    from segnet.engine.recipes import TrainConfig
+    from segnet.engine.train import load_split, validate
+
+    images, labels, _ = load_split(TrainConfig(**TINY), "val", progress=False)
+    expected = validate(ddp_model, images, labels, meta, normalization, 4, "cpu", contextlib.nullcontext)
+    reported = next(csv.DictReader(open(ddp / "metrics.csv")))
+    assert float(reported["val_mean_iou"]) == pytest.approx(expected["mean_iou"], abs=1e-9)
+    assert [p.name for p in ddp.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cli_train_errors(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "r"), "--set", "nonsense=1"]) == 1
+    assert "unknown training option" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "r"), "--set", "lr"]) == 1
+    assert "key=value" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 1
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_demo_wiring(tmp_path, monkeypatch, capsys):
+    import segnet.cli as cli
+
+    monkeypatch.setitem(cli.DEMO_OVERRIDES, "epochs", 1)
+    monkeypatch.setitem(cli.DEMO_OVERRIDES, "val_every", 1)
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "report.html" in out and "trivial model" in out
+    assert (tmp_path / "evaluation" / "report.html").is_file()
+    assert len(list((tmp_path / "predictions").glob("*_overlay.png"))) == 4
