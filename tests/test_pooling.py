@@ -86,11 +86,32 @@ def test_index_free_unpool_equals_index_unpool_when_maxima_are_unique():
     torch.testing.assert_close(max_unpool_index_free(pooled, x), max_unpool(pooled, record), rtol=0, atol=0)
 
 
-def test_index_free_unpool_writes_all_tied_maxima():
-    x = torch.tensor([[[[1.0, 1.0], [0.0, 0.5]]]])
+def test_index_free_unpool_breaks_ties_like_pooling_does():
+    # tied maxima (and all-zero windows after a ReLU): the first in raster order, like the indices
+    x = torch.tensor([[[[1.0, 1.0, 0.0], [0.0, 0.5, 0.0], [2.0, 2.0, 0.0]]]])
     pooled, record = max_pool_with_indices(x)
-    assert int((max_unpool(pooled, record) != 0).sum()) == 1
-    assert int((max_unpool_index_free(pooled, x) != 0).sum()) == 2
+    decoded = torch.randn_like(pooled)  # a decoder unpools other values than the pooled ones
+    expected = max_unpool(decoded, record)
+    assert torch.equal(max_unpool_index_free(decoded, x), expected)
+    assert expected[0, 0, 0, 0] != 0 and expected[0, 0, 0, 1] == 0
+    relu = torch.relu(torch.randn(2, 4, 33, 47))
+    pooled, record = max_pool_with_indices(relu)
+    decoded = torch.randn_like(pooled)
+    assert torch.equal(max_unpool_index_free(decoded, relu), max_unpool(decoded, record))
+
+
+@pytest.mark.parametrize("name", ["segnet", "segnet_basic", "segnet_basic_encoder_addition", "bayesian_segnet_basic"])
+def test_index_free_models_give_identical_outputs(name):
+    from segnet.models import create_model, use_index_free_unpooling
+
+    model = create_model(name, 5).eval()
+    x = torch.rand(1, 3, 37, 51)
+    with torch.no_grad():
+        expected = model(x)
+        use_index_free_unpooling(model)
+        assert torch.equal(model(x), expected)
+    use_index_free_unpooling(model, False)
+    assert not model.encoder.index_free if hasattr(model, "encoder") else not model.index_free
 
 
 def test_min_input_size_and_clear_error():
@@ -101,3 +122,24 @@ def test_min_input_size_and_clear_error():
         check_input_size(torch.zeros(1, 3, 16, 400), 5, "SegNet")
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         check_input_size(torch.zeros(3, 32, 32), 5, "SegNet")
+
+
+def test_models_train_under_deterministic_algorithms():
+    """Our unpooling is a scatter to unique positions (forward) and a gather (backward), not
+    F.max_unpool2d, which raises in deterministic mode; index-free mode has no scatter at all."""
+    from segnet.models import create_model, use_index_free_unpooling
+
+    model = create_model("segnet_basic", 4)
+    x = torch.rand(1, 3, 33, 41)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="deterministic"):
+            pooled, indices = torch.nn.functional.max_pool2d(x, 2, return_indices=True)
+            torch.nn.functional.max_unpool2d(pooled, indices, 2)
+        first = torch.autograd.grad(model(x).sum(), model.classifier.weight)[0]
+        use_index_free_unpooling(model)
+        second = torch.autograd.grad(model(x).sum(), model.classifier.weight)[0]
+        assert torch.equal(first, second)
+    finally:
+        torch.use_deterministic_algorithms(previous)

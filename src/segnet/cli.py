@@ -194,6 +194,53 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_for_inference(args, fold: bool = True):
+    """Model (BN folded unless Bayesian sampling needs the original), meta, normalisation, input size."""
+    from .data import DatasetMeta
+    from .data.datasets import CAMVID_META
+    from .export import fold_batchnorm
+
+    if not args.checkpoint and not args.model:
+        raise ValueError("give --checkpoint CKPT (from 'segnet train'), or --model NAME for an untrained model")
+    model, meta, normalization, input_size, source = load_model(args.checkpoint, args.model, 11, args.device)
+    if meta is None:  # an untrained model: CamVid's 11 classes and palette
+        meta = DatasetMeta.from_dict(CAMVID_META.to_dict())
+    if fold:
+        model, _ = fold_batchnorm(model)
+    return model, meta, normalization, input_size, source
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .engine.predict import predict_files
+
+    model, meta, normalization, input_size, _ = _model_for_inference(args)
+    written, failures = predict_files(model, meta, normalization, args.inputs, args.out, input_size,
+                                      args.mc_samples, args.batch_size)
+    for path, why in failures:
+        print(f"segnet: skipped: {why}" if str(path) in why else f"segnet: skipped {path}: {why}", file=sys.stderr)
+    images = len({p.name.split("_overlay")[0] for p in written if p.name.endswith("_overlay.png")})
+    print(f"{images} image(s) segmented, {len(failures)} failed; {len(written)} files in {args.out} "
+          "(NAME.png: class ids with the palette; NAME_overlay.png; NAME_uncertainty.png with --mc-samples)")
+    return 1 if failures else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    model, meta, normalization, input_size, source = _model_for_inference(args, fold=False)
+    metadata = {"source": source, "class_names": list(meta.class_names), "palette": [list(c) for c in meta.palette],
+                "mean": list(normalization["mean"]), "std": list(normalization["std"]), "input_size": input_size}
+    report = export_onnx(model, args.out, sizes=args.check_sizes, index_free=args.index_free, metadata=metadata)
+    for check in report["checks"]:
+        print(f"onnxruntime vs PyTorch at {tuple(check['shape'])}: labels agree on {check['label_agreement']:.4%}, "
+              f"{check['values_off_fraction']:.4%} of logits off by > 1e-3, max |diff| {check['max_abs_difference']:.2e}")
+    size_mb = __import__("pathlib").Path(args.out).stat().st_size / 1e6
+    print(f"wrote {args.out} ({size_mb:.1f} MB; input 'image' float32 (N, 3, H, W) normalised with mean "
+          f"{list(normalization['mean'])} and std {[round(v, 5) for v in normalization['std']]} on [0, 1] pixels; "
+          f"output 'logits' (N, {meta.num_classes}, H, W); BN folded{'; index-free unpooling' if args.index_free else ''})")
+    return 0
+
+
 def _dataset_options(parser: argparse.ArgumentParser, split: bool = True) -> None:
     parser.add_argument("--dataset", default="synthetic", help="camvid, sunrgbd, folder or synthetic (default: synthetic)")
     parser.add_argument("--root", help="dataset folder (or a .pack file from 'segnet data pack'); not needed for synthetic")
@@ -337,6 +384,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="processes scoring BF in the background (default: one per core)")
     p.add_argument("--samples", type=int, default=6, help="images shown in samples.png (default: 6)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="segment images: label PNGs, overlays, uncertainty maps",
+                       description="Segment image files, folders and globs. Writes per input NAME.png (palette PNG "
+                       "whose pixel values are class ids), NAME_overlay.png, and with --mc-samples (Bayesian models) "
+                       "NAME_uncertainty.png. Unreadable inputs are reported and skipped; exit status 1 if any failed.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", help="a checkpoint from 'segnet train'")
+    source.add_argument("--model", help="an untrained model of this name (for trying the pipeline)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mc-samples", type=int, default=0, help="Monte Carlo dropout samples (Bayesian models)")
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default: 4)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export to ONNX (dynamic batch and size) and check it in onnxruntime",
+                       description="Export a model to ONNX with torch.onnx.export(dynamo=True), batch norm folded, "
+                       "dynamic batch/height/width, then run it in onnxruntime at each --check-sizes and fail "
+                       "(writing nothing) if its outputs differ from PyTorch beyond the stated tolerance.")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", help="a checkpoint from 'segnet train'")
+    source.add_argument("--model", help="an untrained model of this name")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--index-free", action="store_true",
+                   help="unpool without pooling indices (for TensorRT/CoreML); identical outputs")
+    p.add_argument("--check-sizes", type=_size, nargs="+", default=[(360, 480), (45, 61)],
+                   help="HxW sizes to check in onnxruntime (default: 360x480 45x61)")
+    p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("train", help="train a model with a recipe (paper-basic, paper, modern)",
                        description="Train a model. Recipes: paper-basic (Table 1: SGD 0.1, batch 12, MFB), paper "

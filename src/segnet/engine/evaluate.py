@@ -39,6 +39,16 @@ def cpu_workers() -> int:
         return os.cpu_count() or 1
 
 
+def normalize_and_resize(images: torch.Tensor, normalization: dict, input_size: tuple[int, int] | None = None):
+    """uint8 images -> (network input, original size to resize outputs back to, or None)."""
+    x = normalize(images, normalization["mean"], normalization["std"])
+    size = tuple(images.shape[-2:])
+    if input_size is None or tuple(input_size) == size:
+        return x, None
+    x = torch.nn.functional.interpolate(x, size=tuple(input_size), mode="bilinear", antialias=True, align_corners=False)
+    return x, size
+
+
 def predict_logits(model: nn.Module, images: torch.Tensor, normalization: dict,
                    input_size: tuple[int, int] | None = None) -> torch.Tensor:
     """uint8 ``(N, 3, H, W)`` on the model's device -> logits ``(N, K, H, W)``.
@@ -46,13 +56,11 @@ def predict_logits(model: nn.Module, images: torch.Tensor, normalization: dict,
     With ``input_size`` the images are resized to it for the network (a model trained at
     reduced size) and the logits resized back, so scores are always at full resolution.
     """
-    x = normalize(images, normalization["mean"], normalization["std"])
-    size = tuple(images.shape[-2:])
-    if input_size is not None and tuple(input_size) != size:
-        x = torch.nn.functional.interpolate(x, size=tuple(input_size), mode="bilinear", antialias=True,
-                                            align_corners=False)
-        return torch.nn.functional.interpolate(model(x), size=size, mode="bilinear", align_corners=False)
-    return model(x)
+    x, size = normalize_and_resize(images, normalization, input_size)
+    logits = model(x)
+    if size is None:
+        return logits
+    return torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def predict_labels(model: nn.Module, images: torch.Tensor, normalization: dict,

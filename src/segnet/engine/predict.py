@@ -62,3 +62,98 @@ def write_prediction(image: torch.Tensor, labels: torch.Tensor, meta: DatasetMet
         picture.save(tmp, format="PNG")
         os.replace(tmp, path)
     return paths
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (their images, sorted) and glob patterns -> a list of paths (missing ones kept,
+    so they are reported)."""
+    import glob
+
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif any(ch in item for ch in "*?["):
+            paths.extend(sorted(Path(p) for p in glob.glob(item, recursive=True)))
+        else:
+            paths.append(path)
+    return paths
+
+
+def uncertainty_png(variance: np.ndarray) -> Image.Image:
+    """A heat map of per-pixel uncertainty (scaled to its own maximum)."""
+    from matplotlib import colormaps
+
+    top = float(variance.max()) or 1.0
+    return Image.fromarray((colormaps["inferno"](variance / top)[..., :3] * 255).astype(np.uint8))
+
+
+def predict_files(model: nn.Module, meta: DatasetMeta, normalization: dict, inputs: list[str], out_dir,
+                  input_size: tuple[int, int] | None = None, mc_samples: int = 0, batch_size: int = 4,
+                  progress: bool = True) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Segment every input image; returns (written files, [(input, why it failed)]).
+
+    Unreadable inputs are reported and skipped; the rest are still processed. Images of
+    equal size are batched. With ``mc_samples`` (Bayesian models) the label map is the
+    argmax of the mean softmax and ``NAME_uncertainty.png`` shows the per-pixel variance.
+    """
+    from tqdm import tqdm
+
+    from ..data import DataError
+    from ..models import mc_dropout_predict
+    from ..models.mc_dropout import has_dropout
+
+    if mc_samples and not has_dropout(model):
+        raise ValueError("--mc-samples needs a Bayesian model (with dropout), e.g. bayesian_segnet")
+    out = Path(out_dir)
+    written: list[Path] = []
+    failures: list[tuple[str, str]] = []
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise ValueError(f"no images found in {' '.join(inputs)}")
+    device = next(model.parameters()).device
+    model.eval()
+    stems: dict[str, int] = {}
+    with tqdm(total=len(paths), desc="segmenting", unit="img", disable=not progress) as bar:
+        for first in range(0, len(paths), batch_size):
+            loaded = []
+            for path in paths[first : first + batch_size]:
+                try:
+                    loaded.append((path, load_image(path)))
+                except (DataError, OSError) as error:
+                    failures.append((str(path), str(error)))
+                    bar.update(1)
+            by_size: dict[tuple, list] = {}
+            for path, image in loaded:
+                by_size.setdefault(tuple(image.shape), []).append((path, image))
+            for group in by_size.values():
+                images = torch.stack([image for _, image in group]).to(device)
+                variance = None
+                with torch.inference_mode():
+                    if mc_samples:
+                        from .evaluate import normalize_and_resize
+
+                        x, size = normalize_and_resize(images, normalization, input_size)
+                        mean, variance = mc_dropout_predict(model, x, mc_samples)
+                        if size is not None:
+                            mean = torch.nn.functional.interpolate(mean, size=size, mode="bilinear")
+                            variance = torch.nn.functional.interpolate(variance[:, None], size=size, mode="bilinear")[:, 0]
+                        labels = mean.argmax(1)
+                    else:
+                        labels = predict_labels(model, images, normalization, input_size)
+                for index, (path, image) in enumerate(group):
+                    stem = path.stem
+                    stems[stem] = stems.get(stem, 0) + 1
+                    if stems[stem] > 1:  # two inputs with the same name: keep both
+                        stem = f"{stem}_{stems[stem]}"
+                    written += write_prediction(image, labels[index], meta, out, stem)
+                    if variance is not None:
+                        target = out / f"{stem}_uncertainty.png"
+                        uncertainty_png(variance[index].cpu().numpy()).save(target)
+                        written.append(target)
+                    bar.update(1)
+    return written, failures

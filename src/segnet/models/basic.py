@@ -44,6 +44,7 @@ class BasicEncoder(nn.Module):
         )
         self.dropout_levels = tuple(dropout_levels) if dropout > 0 else ()
         self.dropout = nn.Dropout(dropout) if self.dropout_levels else nn.Identity()
+        self.index_free = False  # see pooling.use_index_free_unpooling
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor], list[PoolRecord]]:
         """Return the bottleneck, the pre-pool map of every level, and the pool records."""
@@ -52,7 +53,7 @@ class BasicEncoder(nn.Module):
         for level, stage in enumerate(self.stages):
             x = stage(x)
             features.append(x)
-            x, record = max_pool_with_indices(x)
+            x, record = max_pool_with_indices(x, self.index_free)
             records.append(record)
             if level in self.dropout_levels:
                 x = self.dropout(x)

@@ -20,24 +20,43 @@ from torch import Tensor, nn
 
 
 class PoolRecord(NamedTuple):
-    """What a decoder needs to undo one pooling: argmax indices and the input size."""
+    """What a decoder needs to undo one pooling: argmax indices and the input size
+    (index-free mode: no indices, the pooled input map instead)."""
 
-    indices: Tensor  # (N, C, h, w) flat positions into the (H * W) plane of the input
+    indices: Tensor | None  # (N, C, h, w) flat positions into the (H * W) plane of the input
     size: tuple[int, int]  # (H, W) before pooling
+    before_pool: Tensor | None = None  # index-free mode only
 
 
-def max_pool_with_indices(x: Tensor) -> tuple[Tensor, PoolRecord]:
-    """2x2, stride-2, ceil-mode max pooling; returns the pooled map and its record."""
+def max_pool_with_indices(x: Tensor, index_free: bool = False) -> tuple[Tensor, PoolRecord]:
+    """2x2, stride-2, ceil-mode max pooling; returns the pooled map and its record.
+
+    ``index_free`` records the input map instead of indices (see
+    :func:`max_unpool_index_free`), so the graph has no pooling indices at all.
+    """
+    size = (x.shape[-2], x.shape[-1])
+    if index_free:
+        return F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True), PoolRecord(None, size, x)
     pooled, indices = F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True, return_indices=True)
-    return pooled, PoolRecord(indices, (x.shape[-2], x.shape[-1]))
+    return pooled, PoolRecord(indices, size)
+
+
+def use_index_free_unpooling(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch every pooling/unpooling pair of ``model`` to (or back from) index-free mode."""
+    for module in model.modules():
+        if hasattr(module, "index_free"):
+            module.index_free = enabled
+    return model
 
 
 def max_unpool(x: Tensor, record: PoolRecord) -> Tensor:
     """Place each value of ``x`` at its recorded argmax position; zeros elsewhere.
 
     Pooling windows do not overlap, so no two values share a position and the
-    scatter is deterministic.
+    scatter is deterministic. A record without indices unpools index-free.
     """
+    if record.indices is None:
+        return max_unpool_index_free(x, record.before_pool)
     n, c = x.shape[:2]
     height, width = record.size
     out = x.new_zeros(n, c, height * width)
@@ -48,21 +67,22 @@ def max_unpool(x: Tensor, record: PoolRecord) -> Tensor:
 def max_unpool_index_free(x: Tensor, before_pool: Tensor) -> Tensor:
     """Unpool without indices, for runtimes that reject them (TensorRT, CoreML).
 
-    Each pooled value is copied back to every position of its 2x2 window that equals
-    the window's maximum in ``before_pool`` (the encoder map that was pooled). Where
-    the maximum is unique this is identical to :func:`max_unpool`; where a window has
-    tied maxima the value is written to all of them instead of the first one.
+    Each pooled value goes to the position of its 2x2 window that holds the window's
+    maximum in ``before_pool`` (the encoder map that was pooled); among tied maxima, the
+    first in raster order, which is the one PyTorch's pooling records. So the result equals
+    :func:`max_unpool` exactly, ties included (all-zero windows after a ReLU are common).
+    Built from pad, reshape, compare and cumulative sum: plain ONNX operators.
     """
-    height, width = before_pool.shape[-2:]
-    pooled_max = F.max_pool2d(before_pool, kernel_size=2, stride=2, ceil_mode=True)
-    spread_max = _spread(pooled_max, height, width)
-    spread_x = _spread(x, height, width)
-    return torch.where(before_pool == spread_max, spread_x, torch.zeros_like(spread_x))
-
-
-def _spread(x: Tensor, height: int, width: int) -> Tensor:
-    """Repeat each value over its 2x2 window and crop to (height, width)."""
-    return x.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)[..., :height, :width]
+    n, c, height, width = before_pool.shape
+    h, w = x.shape[-2:]
+    # pad to the pooled grid (ceil mode) with -inf so padding never wins a window
+    padded = F.pad(before_pool, (0, 2 * w - width, 0, 2 * h - height), value=float("-inf"))
+    windows = padded.view(n, c, h, 2, w, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h, w, 4)
+    is_max = windows == windows.amax(-1, keepdim=True)
+    first = is_max & (is_max.to(torch.int32).cumsum(-1) == 1)
+    out = torch.where(first, x.unsqueeze(-1), torch.zeros((), dtype=x.dtype, device=x.device))
+    out = out.view(n, c, h, w, 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, c, 2 * h, 2 * w)
+    return out[..., :height, :width]
 
 
 def min_input_size(levels: int) -> int:

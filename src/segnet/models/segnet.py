@@ -64,6 +64,7 @@ class SegNet(nn.Module):
 
         self.dropout_levels = tuple(dropout_levels) if dropout > 0 else ()
         self.dropout = nn.Dropout(dropout) if self.dropout_levels else nn.Identity()
+        self.index_free = False  # see pooling.use_index_free_unpooling
         he_init(self)
 
     def encoder_convs(self) -> list[nn.Conv2d]:
@@ -78,7 +79,7 @@ class SegNet(nn.Module):
         check_input_size(x, len(self.encoders), type(self).__name__)
         records = []
         for level, encoder in enumerate(self.encoders):
-            x, record = max_pool_with_indices(encoder(x))
+            x, record = max_pool_with_indices(encoder(x), self.index_free)
             records.append(record)
             if level in self.dropout_levels:
                 x = self.dropout(x)
