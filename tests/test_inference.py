@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,22 @@ def test_parity_check_catches_a_real_difference():
     shifted = np.roll(reference, 1, axis=-1)  # a one-pixel shift, as a crop bug would give
     assert parity_ok(compare_outputs(reference, reference))
     assert not parity_ok(compare_outputs(reference, shifted))
+
+
+def test_benchmark_reports_every_column(tmp_path):
+    from segnet.benchmark import count_flops, markdown_table, run_benchmark, write_benchmark
+
+    # a 3x3 convolution on 10x10: 2 * 9 * 3 * 4 * 100 FLOPs (and its bias is not counted)
+    assert count_flops(torch.nn.Conv2d(3, 4, 3, padding=1), (10, 10)) == 2 * 9 * 3 * 4 * 100
+    result = run_benchmark(["segnet_basic"], size=(33, 45), variants=("eager", "folded"), batch_sizes=(1, 2),
+                           repeats=1, progress=False)
+    row = result["rows"][0]
+    assert row["params_m"] == pytest.approx(1.4167, abs=1e-3) and row["gflops"] > 0
+    assert set(row["variants"]) == {"eager", "folded"}
+    for r in row["variants"].values():
+        assert r["latency_ms"] > 0 and r["images_per_s"] > 0 and r["best_batch"] in (1, 2)
+        assert 0 < r["fraction_of_matmul_peak"] and r["peak_memory_mb"] > 0
+    assert result["matmul_peak_gflops_per_s"] > 0
+    md, js = write_benchmark(result, tmp_path / "bench.md")
+    assert "| segnet_basic | 1.417 |" in md.read_text() and "folded" in markdown_table(result)
+    assert json.loads(js.read_text())["rows"][0]["model"] == "segnet_basic"

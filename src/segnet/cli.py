@@ -241,6 +241,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import markdown_table, run_benchmark, write_benchmark
+
+    result = run_benchmark(args.models, args.size, args.device, args.variants, args.batch_sizes, args.repeats)
+    print(markdown_table(result))
+    if args.out:
+        print("wrote " + ", ".join(str(p) for p in write_benchmark(result, args.out)))
+    return 0
+
+
 def _dataset_options(parser: argparse.ArgumentParser, split: bool = True) -> None:
     parser.add_argument("--dataset", default="synthetic", help="camvid, sunrgbd, folder or synthetic (default: synthetic)")
     parser.add_argument("--root", help="dataset folder (or a .pack file from 'segnet data pack'); not needed for synthetic")
@@ -413,6 +423,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HxW sizes to check in onnxruntime (default: 360x480 45x61)")
     p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("benchmark", help="inference cost per model: params, GFLOPs, latency, throughput, memory",
+                       description="Measure each model's parameters, GFLOPs per image, batch-1 latency, best "
+                       "throughput over batch sizes (median of repeats after warm-up) and peak memory (CUDA max "
+                       "allocated, or the process's peak RSS on CPU), per variant, and the achieved FLOP/s against "
+                       "the machine's matmul peak measured in the same run. Writes Markdown and JSON with --out.")
+    p.add_argument("--models", nargs="+", help="models (default: all)")
+    p.add_argument("--size", type=_size, default=(360, 480), help="HEIGHTxWIDTH (default: 360x480)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--variants", nargs="+", choices=["eager", "folded", "channels_last", "bf16", "compile",
+                                                     "onnxruntime"],
+                   help="default: eager folded channels_last onnxruntime (CPU); eager folded channels_last bf16 (CUDA)")
+    p.add_argument("--batch-sizes", type=_positive_int, nargs="+", help="default: 1 2 (CPU), 1 8 32 64 (CUDA)")
+    p.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats per measurement (default: 3)")
+    p.add_argument("--out", help="write FILE.md and FILE.json")
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("train", help="train a model with a recipe (paper-basic, paper, modern)",
                        description="Train a model. Recipes: paper-basic (Table 1: SGD 0.1, batch 12, MFB), paper "

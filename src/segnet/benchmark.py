@@ -1,0 +1,200 @@
+"""Inference cost per model: parameters, GFLOPs, latency, throughput, memory, and the
+achieved FLOP/s against this machine's measured matrix-multiply peak (same run).
+
+Variants: ``eager`` (the plain model, fp32, no_grad), ``folded`` (BN folded,
+inference_mode), ``channels_last`` (folded + channels_last), ``bf16`` (folded + bf16
+autocast, CUDA only), ``compile`` (folded + torch.compile), ``onnxruntime`` (the exported
+graph, CPU). Each timing: warm-up, then the median of several repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .export.fold import fold_batchnorm
+from .models import MODELS, count_parameters, create_model
+
+VARIANTS = ("eager", "folded", "channels_last", "bf16", "compile", "onnxruntime")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(run, repeats: int, warmup: int, device) -> float:
+    for _ in range(warmup):
+        run()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
+    """Measured FLOP/s of a square matrix multiply (the practical peak of this device)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = _median_seconds(lambda: a @ b, repeats=5, warmup=2, device=device)
+    return 2 * n**3 / seconds
+
+
+def count_flops(model: nn.Module, size: tuple[int, int]) -> float:
+    """FLOPs (2 per multiply-add) of one forward pass on one image, by PyTorch's counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, *size))
+    return float(counter.get_total_flops())
+
+
+def _peak_rss_reset() -> None:
+    try:  # Linux: "5" resets the peak resident set size of this process
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _runner(model: nn.Module, variant: str, device: torch.device):
+    """A function batch -> output for this variant, or None when it does not apply here."""
+    cuda = device.type == "cuda"
+    if variant == "eager":
+        model = model.to(device).eval()
+
+        def run(x):
+            with torch.no_grad():
+                return model(x)
+        return run
+    if variant == "bf16" and not cuda:
+        return None
+    if variant == "onnxruntime":
+        if cuda:
+            return None
+        import onnxruntime
+
+        from .export.onnx import prepare_for_inference
+
+        folder = tempfile.mkdtemp(prefix="segnet-bench-")
+        path = os.path.join(folder, "model.onnx")
+        torch.onnx.export(prepare_for_inference(model), (torch.rand(1, 3, 64, 64),), path, dynamo=True,
+                          input_names=["image"], output_names=["logits"],
+                          dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096),
+                                                2: torch.export.Dim("height", min=17, max=8192),
+                                                3: torch.export.Dim("width", min=17, max=8192)}})
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return lambda x: session.run(None, {"image": x.numpy()})[0]
+    folded, _ = fold_batchnorm(model)
+    folded = folded.to(device)
+    layout = torch.channels_last if variant in ("channels_last", "bf16") else torch.contiguous_format
+    folded = folded.to(memory_format=layout)
+    if variant == "compile":
+        folded = torch.compile(folded)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if variant == "bf16" else nullcontext()
+
+    def run(x):
+        with torch.inference_mode(), autocast:
+            return folded(x.contiguous(memory_format=layout))
+    return run
+
+
+def benchmark_model(name: str, size=(360, 480), device="cpu", variants=("eager", "folded", "channels_last"),
+                    batch_sizes=(1, 2, 4), repeats: int = 3, warmup: int = 1, num_classes: int = 11) -> dict:
+    """One model's row: params, GFLOPs and, per variant, latency, throughput and peak memory."""
+    device = torch.device(device)
+    model = create_model(name, num_classes).eval()
+    flops = count_flops(model, size)
+    row = {"model": name, "params_m": count_parameters(model) / 1e6, "gflops": flops / 1e9,
+           "model_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6, "variants": {}}
+    for variant in variants:
+        run = _runner(model, variant, device)
+        if run is None:
+            continue
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        _peak_rss_reset()
+        x1 = torch.rand(1, 3, *size, device=device)
+        latency = _median_seconds(lambda: run(x1), repeats, warmup + (2 if variant == "compile" else 0), device)
+        memory = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_rss_mb())
+        throughput = {}
+        for batch in batch_sizes:
+            xb = torch.rand(batch, 3, *size, device=device)
+            throughput[batch] = batch / _median_seconds(lambda: run(xb), repeats, warmup, device)
+        best_batch = max(throughput, key=throughput.get)
+        row["variants"][variant] = {
+            "latency_ms": latency * 1000, "images_per_s": throughput[best_batch], "best_batch": best_batch,
+            "throughput_by_batch": throughput, "peak_memory_mb": memory,
+            "achieved_gflops_per_s": flops * throughput[best_batch] / 1e9,
+        }
+    return row
+
+
+def run_benchmark(models=None, size=(360, 480), device="cpu", variants=None, batch_sizes=None, repeats=3,
+                  progress=True) -> dict:
+    """Benchmark several models; the result holds the machine's matmul peak too."""
+    from tqdm import tqdm
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    variants = variants or (("eager", "folded", "channels_last", "bf16") if cuda else ("eager", "folded",
+                                                                                       "channels_last", "onnxruntime"))
+    batch_sizes = batch_sizes or ((1, 8, 32, 64) if cuda else (1, 2))
+    peak = matmul_peak_flops(device, torch.bfloat16 if cuda else torch.float32, 8192 if cuda else 2048)
+    rows = [benchmark_model(name, size, device, variants, batch_sizes, repeats)
+            for name in tqdm(models or list(MODELS), desc="benchmark", unit="model", disable=not progress)]
+    for row in rows:
+        for result in row["variants"].values():
+            result["fraction_of_matmul_peak"] = result["achieved_gflops_per_s"] * 1e9 / peak
+    device_name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    return {"device": device_name, "size": list(size), "matmul_peak_gflops_per_s": peak / 1e9,
+            "matmul_dtype": "bf16" if cuda else "fp32", "torch": torch.__version__, "rows": rows}
+
+
+def markdown_table(result: dict) -> str:
+    """Table 1 / Table 6 style: params, GFLOPs, time, memory, model size; one line per model and variant."""
+    lines = [f"Device: {result['device']}; input {result['size'][0]}x{result['size'][1]}; torch {result['torch']}; "
+             f"measured matmul peak {result['matmul_peak_gflops_per_s']:.0f} GFLOP/s ({result['matmul_dtype']}).", "",
+             "| model | params (M) | GFLOPs/img | model MB | variant | batch-1 ms | best img/s (batch) | "
+             "peak memory MB | GFLOP/s | of matmul peak |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        for variant, r in row["variants"].items():
+            memory = "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
+            lines.append(f"| {row['model']} | {row['params_m']:.3f} | {row['gflops']:.1f} | {row['model_mb']:.1f} | "
+                         f"{variant} | {r['latency_ms']:.1f} | {r['images_per_s']:.2f} ({r['best_batch']}) | {memory} | "
+                         f"{r['achieved_gflops_per_s']:.0f} | {r['fraction_of_matmul_peak'] * 100:.0f}% |")
+    return "\n".join(lines)
+
+
+def write_benchmark(result: dict, path: str | os.PathLike) -> list[Path]:
+    """``path`` as Markdown (``.md``) plus the JSON beside it (``.json``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    md, js = path.with_suffix(".md"), path.with_suffix(".json")
+    md.write_text(markdown_table(result) + "\n")
+    js.write_text(json.dumps(result, indent=2) + "\n")
+    return [md, js]
