@@ -140,10 +140,11 @@ def benchmark_model(name: str, size=(360, 480), device="cpu", variants=("eager",
         x1 = torch.rand(1, 3, *size, device=device)
         latency = _median_seconds(lambda: run(x1), repeats, warmup + (2 if variant == "compile" else 0), device)
         memory = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_rss_mb())
-        throughput = {}
+        throughput = {1: 1 / latency} if 1 in batch_sizes else {}
         for batch in batch_sizes:
-            xb = torch.rand(batch, 3, *size, device=device)
-            throughput[batch] = batch / _median_seconds(lambda: run(xb), repeats, warmup, device)
+            if batch != 1:
+                xb = torch.rand(batch, 3, *size, device=device)
+                throughput[batch] = batch / _median_seconds(lambda: run(xb), repeats, warmup, device)
         best_batch = max(throughput, key=throughput.get)
         row["variants"][variant] = {
             "latency_ms": latency * 1000, "images_per_s": throughput[best_batch], "best_batch": best_batch,

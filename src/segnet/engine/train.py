@@ -290,9 +290,10 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
             loss = float(total / norm.clamp(min=1))
             if not math.isfinite(loss):
                 optimizer.zero_grad(set_to_none=True)
+                kept = (f"{out / 'last.pt'} holds the last good state (after epoch {history[-1]['epoch']})"
+                        if history else "no checkpoint had been written yet")
                 raise TrainingError(
-                    f"the training loss became {loss} at epoch {epoch + 1}, step {step + 1}; stopped. "
-                    f"{out / 'last.pt'} holds the last good state (after epoch {start_epoch if not history else history[-1]['epoch']}). "
+                    f"the training loss became {loss} at epoch {epoch + 1}, step {step + 1}; stopped. {kept}. "
                     "Lower the learning rate (--lr) or check the data (segnet data check), then --resume or start anew."
                 )
             optimizer.step()

@@ -2,5 +2,7 @@
 
 from .fold import fold_batchnorm, fold_conv_bn
 from .onnx import ParityError, compare_outputs, export_onnx, prepare_for_inference
+from .quantize import quantize_onnx
 
-__all__ = ["ParityError", "compare_outputs", "export_onnx", "fold_batchnorm", "fold_conv_bn", "prepare_for_inference"]
+__all__ = ["ParityError", "compare_outputs", "export_onnx", "fold_batchnorm", "fold_conv_bn", "prepare_for_inference",
+           "quantize_onnx"]

@@ -8,7 +8,8 @@ Why the parity check is statistical: max unpooling sends each value to the argma
 pooling window, so where two values in a window differ by less than float32 rounding, a
 different (equally valid) order of additions flips the argmax and moves a decoder value by
 one pixel. PyTorch's own float32 and float64 results differ that way (0.01-0.02% of the
-labels at 360x480 with random weights). The check therefore requires at most 0.5% of the
+labels at 360x480 with random weights), and in a deep decoder one flip spreads over a
+neighbourhood. The check therefore requires at most 2% of the
 logits to differ by more than 1e-3 * (1 + |reference|) and at least 99.5% of the predicted
 labels to agree; a real export bug (a wrong layer, a shifted crop) fails both by far.
 """
@@ -27,7 +28,7 @@ from ..models import use_index_free_unpooling
 from .fold import fold_batchnorm
 
 VALUE_TOLERANCE = 1e-3
-MAX_OFF_FRACTION = 0.005
+MAX_OFF_FRACTION = 0.02
 MIN_LABEL_AGREEMENT = 0.995
 
 
