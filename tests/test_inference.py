@@ -139,3 +139,29 @@ def test_benchmark_reports_every_column(tmp_path):
     md, js = write_benchmark(result, tmp_path / "bench.md")
     assert "| segnet_basic | 1.417 |" in md.read_text() and "folded" in markdown_table(result)
     assert json.loads(js.read_text())["rows"][0]["model"] == "segnet_basic"
+
+
+def test_int8_quantization_runs_and_stays_close(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx
+    import onnxruntime
+
+    from segnet.export import quantize_onnx
+
+    model = _with_statistics(create_model("segnet_basic", 5))
+    export_onnx(model, tmp_path / "fp32.onnx", sizes=[(45, 61)])
+    calibration = (torch.rand(4, 3, 45, 61) * 4 - 1).numpy()
+    quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration)
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    x = calibration[:1]
+    outputs = [onnxruntime.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+               .run(None, {"image": x})[0] for name in ("fp32.onnx", "int8.onnx")]
+    assert outputs[1].shape == outputs[0].shape
+    # 8-bit activations create ties in pooling windows that move unpooled values, so the
+    # logits differ noticeably; the labels still mostly agree (chance would be about 1/5)
+    agreement = (outputs[1].argmax(1) == outputs[0].argmax(1)).mean()
+    assert agreement > 0.45
+    with pytest.raises(ValueError, match="calibration"):
+        quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "bad.onnx", np.zeros((0, 3, 45, 61), np.float32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx", "int8.onnx"]  # nothing half-written
