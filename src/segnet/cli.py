@@ -277,12 +277,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
     splits = args.splits or (["train", "val", "test"] if args.dataset != "sunrgbd" else ["train", "test"])
     reports = check_dataset(lambda split: build_dataset(args.dataset, args.root, split), splits)
-    names = None
-    try:
-        names = list(build_dataset(args.dataset, args.root, splits[0]).meta.class_names)
-    except Exception:
-        pass
-    print(format_reports(reports, names))
+    print(format_reports(reports))
     problems = sum(len(r.problems) for r in reports)
     print(f"{problems} problem(s) found" if problems else "no problems found")
     return 1 if problems else 0

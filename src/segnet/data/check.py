@@ -20,12 +20,13 @@ class SplitReport:
     ignored_pixels: int = 0
     problems: list[str] = field(default_factory=list)  # errors: the sample cannot be used
     notes: list[str] = field(default_factory=list)  # handled automatically (conversions)
+    class_names: list[str] = field(default_factory=list)
 
 
 def check_split(dataset, split: str, progress: bool = True) -> SplitReport:
     """Load every sample of ``dataset``; collect problems instead of stopping at the first."""
     meta = dataset.meta
-    report = SplitReport(split, len(dataset), [0] * meta.num_classes)
+    report = SplitReport(split, len(dataset), [0] * meta.num_classes, class_names=list(meta.class_names))
     if len(dataset) == 0:
         report.problems.append(f"{split}: the split is empty")
         return report
@@ -65,7 +66,9 @@ def check_dataset(build, splits: list[str], progress: bool = True) -> list[Split
     return reports
 
 
-def format_reports(reports: list[SplitReport], class_names: list[str] | None) -> str:
+def format_reports(reports: list[SplitReport], class_names: list[str] | None = None) -> str:
+    """Counts per split, a class-pixel table, then every problem and note."""
+    class_names = class_names or next((r.class_names for r in reports if r.class_names), None)
     lines = []
     for r in reports:
         lines.append(f"{r.split}: {r.samples} samples, {len(r.problems)} problems, {len(r.notes)} notes")
