@@ -195,3 +195,22 @@ def test_demo_wiring(tmp_path, monkeypatch, capsys):
     assert "report.html" in out and "trivial model" in out
     assert (tmp_path / "evaluation" / "report.html").is_file()
     assert len(list((tmp_path / "predictions").glob("*_overlay.png"))) == 4
+
+
+def test_reproduce_labels_reduced_scale_and_reuses_finished_runs(tmp_path, capsys):
+    from segnet.engine.reproduce import reproduce
+
+    overrides = {"epochs": 1, "size": [32, 48], "batch_size": 8, "device": "cpu", "bn_recompute": False}
+    rows = reproduce("table1", None, tmp_path, models=["segnet_basic"], overrides=overrides, dataset="synthetic",
+                     progress=False)
+    assert rows[0]["reduced_scale"] and rows[0]["paper"] == [82.7, 62.0, 47.7, 35.78]
+    assert all(0 <= v <= 1 for v in rows[0]["ours"])
+    table = (tmp_path / "table.md").read_text()
+    assert "REDUCED SCALE, 32x48, 1 epochs" in table and "82.7 / " in table
+    assert (tmp_path / "segnet_basic" / "test" / "report.html").is_file()
+    stamp = (tmp_path / "segnet_basic" / "last.pt").stat().st_mtime_ns
+    reproduce("table1", None, tmp_path, models=["segnet_basic"], overrides=overrides, dataset="synthetic",
+              progress=False)
+    assert (tmp_path / "segnet_basic" / "last.pt").stat().st_mtime_ns == stamp  # finished run not retrained
+    with pytest.raises(ValueError, match="not in the paper's table1"):
+        reproduce("table1", None, tmp_path, models=["segnet"], dataset="synthetic")
