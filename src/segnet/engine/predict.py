@@ -34,7 +34,7 @@ def segment(model: nn.Module, image, normalization: dict, input_size: tuple[int,
 
 def palette_png(labels: np.ndarray, meta: DatasetMeta) -> Image.Image:
     """A palette ("P" mode) PNG whose pixel values are the class ids and whose colours are the dataset's."""
-    picture = Image.fromarray(np.asarray(labels, dtype=np.uint8), mode="P")
+    picture = Image.fromarray(np.asarray(labels, dtype=np.uint8))  # mode L; putpalette makes it P
     table = [meta.ignore_color] * 256
     table[: meta.num_classes] = list(meta.palette)
     picture.putpalette([v for colour in table for v in colour])
