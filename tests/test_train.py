@@ -154,7 +154,7 @@ def test_two_process_gloo_run_equals_one_process(tmp_path):
     subprocess.run(_train_command(single, "--epochs", "1", "--accumulate", "2"), env=ENV, check=True,
                    capture_output=True, timeout=300)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--master-port", "29533", "-m", "segnet", *_train_command(ddp, "--epochs", "1")[3:]],
+                             "--standalone", "-m", "segnet", *_train_command(ddp, "--epochs", "1")[3:]],
                             env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     single_model, meta, normalization = model_from_checkpoint(single / "last.pt")
