@@ -77,20 +77,13 @@ def cmd_forward(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine.recipes import TrainConfig, parse_override, resolve_config
+    from .engine.recipes import TrainConfig, resolve_config
     from .engine.train import train
 
-    overrides = dict(parse_override(text) for text in args.set or [])
-    for key in ("model", "dataset", "root", "epochs", "batch_size", "lr", "seed", "device", "val_every",
-                "encoder_weights", "accumulate"):
-        value = getattr(args, key)
-        if value is not None:
-            overrides[key] = value
-    if args.size is not None:
-        overrides["size"] = list(args.size)
-    for flag in ("compile",):
-        if getattr(args, flag):
-            overrides[flag] = True
+    overrides = _recipe_overrides(args, ("model", "dataset", "root", "epochs", "batch_size", "lr", "seed", "device",
+                                         "val_every", "encoder_weights", "accumulate"))
+    if args.compile:
+        overrides["compile"] = True
     if args.resume:
         # the run's own configuration; only its length and device may change
         from .engine import load_checkpoint
@@ -243,15 +236,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .engine.recipes import parse_override
     from .engine.reproduce import reproduce
 
-    overrides = dict(parse_override(text) for text in args.set or [])
-    for key in ("epochs", "batch_size", "device", "seed", "encoder_weights"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    if args.size is not None:
-        overrides["size"] = list(args.size)
+    overrides = _recipe_overrides(args, ("epochs", "batch_size", "device", "seed", "encoder_weights"))
     reproduce(args.target, args.root, args.out, args.models, overrides, args.dataset)
     print((Path(args.out) / "table.md").read_text())
     print(f"per-model runs, test metrics and reports in {args.out}/MODEL/")
@@ -318,6 +305,23 @@ def cmd_data_download(args: argparse.Namespace) -> int:
     path = download_camvid(args.root, url=args.url or CAMVID_URL, sha256=args.sha256)
     print(f"CamVid is in {path}")
     return 0
+
+
+def _model_source(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", help="a checkpoint from 'segnet train' (RUN_DIR/best.pt)")
+    source.add_argument("--model", help="an untrained model of this name instead (a baseline, or to try the pipeline)")
+
+
+def _recipe_overrides(args: argparse.Namespace, keys: tuple[str, ...]) -> dict:
+    """``--set key=value`` pairs plus the dedicated flags among ``keys`` that were given."""
+    from .engine.recipes import parse_override
+
+    overrides = dict(parse_override(text) for text in args.set or [])
+    overrides.update({key: getattr(args, key) for key in keys if getattr(args, key, None) is not None})
+    if getattr(args, "size", None) is not None:
+        overrides["size"] = list(args.size)
+    return overrides
 
 
 def _train_options() -> list[str]:
@@ -420,9 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "image_metrics.csv, confusion_matrix.csv, pictures and a self-contained report.html. "
                        "Scores follow the paper: one confusion matrix over the split, void ignored; BF per image "
                        "with one-to-one matching (exact) or the distance-transform approximation (fast).")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", help="a checkpoint from 'segnet train' (RUN_DIR/best.pt)")
-    source.add_argument("--model", help="evaluate an untrained model of this name instead (a baseline)")
+    _model_source(p)
     _dataset_options(p)
     p.set_defaults(split="test")
     p.add_argument("--out", required=True, help="folder for the outputs (created if needed)")
@@ -439,9 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "whose pixel values are class ids), NAME_overlay.png, and with --mc-samples (Bayesian models) "
                        "NAME_uncertainty.png. Unreadable inputs are reported and skipped; exit status 1 if any failed.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", help="a checkpoint from 'segnet train'")
-    source.add_argument("--model", help="an untrained model of this name (for trying the pipeline)")
+    _model_source(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mc-samples", type=int, default=0, help="Monte Carlo dropout samples (Bayesian models)")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default: 4)")
@@ -452,9 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Export a model to ONNX with torch.onnx.export(dynamo=True), batch norm folded, "
                        "dynamic batch/height/width, then run it in onnxruntime at each --check-sizes and fail "
                        "(writing nothing) if its outputs differ from PyTorch beyond the stated tolerance.")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", help="a checkpoint from 'segnet train'")
-    source.add_argument("--model", help="an untrained model of this name")
+    _model_source(p)
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--index-free", action="store_true",
                    help="unpool without pooling indices (for TensorRT/CoreML); identical outputs")
