@@ -210,8 +210,9 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     normalization = info.normalization
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+    # from the stored labels at full size; cached in the run (a resume does not recount)
     balancing = compute_class_weights(build_dataset(config.dataset, config.root, config.train_split),
-                                      config.class_balancing, progress=False)
+                                      config.class_balancing, cache=out / "class_weights.json", progress=False)
     weights = torch.tensor(balancing["weights"], dtype=torch.float32, device=device)
     loader = ResidentLoader(train_images.to(device), train_labels.to(device), per_rank, normalization["mean"],
                             normalization["std"], meta.ignore_index, shuffle=True, drop_last=True,
@@ -251,7 +252,6 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         log.info("resuming %s after epoch %d (step %d)", out, start_epoch, step)
     elif rank == 0:
         _write_json(out / "config.json", config.to_dict())
-        _write_json(out / "class_weights.json", balancing)
 
     def save(name: str, epoch: int, metrics: dict | None) -> None:
         save_checkpoint(
