@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,6 +137,8 @@ def test_benchmark_reports_every_column(tmp_path):
         assert r["latency_ms"] > 0 and r["images_per_s"] > 0 and r["best_batch"] in (1, 2)
         assert 0 < r["fraction_of_matmul_peak"] and r["peak_memory_mb"] > 0
     assert result["matmul_peak_gflops_per_s"] > 0
+    if Path("/proc/self/clear_refs").exists():  # Linux: the fresh-process inference memory is measured
+        assert row["inference_memory_mb"] > 1.4167 * 4  # at least the fp32 weights
     md, js = write_benchmark(result, tmp_path / "bench.md")
     assert "| segnet_basic | 1.417 |" in md.read_text() and "folded" in markdown_table(result)
     assert json.loads(js.read_text())["rows"][0]["model"] == "segnet_basic"

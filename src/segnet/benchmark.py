@@ -79,6 +79,43 @@ def _peak_rss_mb() -> float | None:
     return None
 
 
+_ISOLATED = """
+import sys, torch
+from pathlib import Path
+from segnet.models import create_model
+def rss():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+torch.set_num_threads({threads})
+base = rss()
+model = create_model({name!r}, {classes}).eval()
+with torch.no_grad():
+    model(torch.rand(1, 3, {height}, {width}))
+Path("/proc/self/clear_refs").write_text("5")
+with torch.no_grad():
+    model(torch.rand(1, 3, {height}, {width}))
+peak = [int(l.split()[1]) / 1024 for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:")][0]
+print(peak - base)
+"""
+
+
+def isolated_inference_memory_mb(name: str, size=(360, 480), num_classes: int = 11) -> float | None:
+    """Batch-1 CPU inference memory of the plain model, the paper's Table 6 sense: the peak
+    resident memory of a fresh process during a forward pass (after one warm-up pass),
+    minus what the process held once torch was imported. Weights and activations, without
+    the interpreter and torch's own libraries. None where /proc is missing."""
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/clear_refs").exists():
+        return None
+    code = _ISOLATED.format(threads=torch.get_num_threads(), name=name, classes=num_classes, height=size[0],
+                            width=size[1])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    return float(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else None
+
+
 def _runner(model: nn.Module, variant: str, device: torch.device):
     """A function batch -> output for this variant, or None when it does not apply here."""
     cuda = device.type == "cuda"
@@ -128,7 +165,8 @@ def benchmark_model(name: str, size=(360, 480), device="cpu", variants=("eager",
     model = create_model(name, num_classes).eval()
     flops = count_flops(model, size)
     row = {"model": name, "params_m": count_parameters(model) / 1e6, "gflops": flops / 1e9,
-           "model_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6, "variants": {}}
+           "model_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6, "variants": {},
+           "inference_memory_mb": isolated_inference_memory_mb(name, size, num_classes) if device.type == "cpu" else None}
     for variant in variants:
         run = _runner(model, variant, device)
         if run is None:
@@ -178,7 +216,14 @@ def run_benchmark(models=None, size=(360, 480), device="cpu", variants=None, bat
 def markdown_table(result: dict) -> str:
     """Table 1 / Table 6 style: params, GFLOPs, time, memory, model size; one line per model and variant."""
     lines = [f"Device: {result['device']}; input {result['size'][0]}x{result['size'][1]}; torch {result['torch']}; "
-             f"measured matmul peak {result['matmul_peak_gflops_per_s']:.0f} GFLOP/s ({result['matmul_dtype']}).", "",
+             f"measured matmul peak {result['matmul_peak_gflops_per_s']:.0f} GFLOP/s ({result['matmul_dtype']}). "
+             "Peak memory: CUDA max allocated, or on CPU the benchmark process's peak RSS (torch included); "
+             "'inference MB' (CPU): a fresh process's peak RSS in a batch-1 eager forward minus its RSS after "
+             "importing torch.", "",
+             "| model | inference MB (batch 1, fresh process) |", "|---|---|"]
+    lines += [f"| {row['model']} | " + ("-" if row.get("inference_memory_mb") is None else
+                                         f"{row['inference_memory_mb']:.0f}") + " |" for row in result["rows"]]
+    lines += ["",
              "| model | params (M) | GFLOPs/img | model MB | variant | batch-1 ms | best img/s (batch) | "
              "peak memory MB | GFLOP/s | of matmul peak |",
              "|---|---|---|---|---|---|---|---|---|---|"]
