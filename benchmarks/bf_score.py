@@ -15,7 +15,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
-import torch
 from PIL import Image
 
 from segnet.data import build_dataset

@@ -121,7 +121,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{DEMO_OVERRIDES['size'][0]}x{DEMO_OVERRIDES['size'][1]}, CPU) ...")
     config = resolve_config("paper-basic", DEMO_OVERRIDES)
     train(config, out / "run")
-    print(f"2/3 evaluating best.pt on the synthetic test split (exact BF) ...")
+    print("2/3 evaluating best.pt on the synthetic test split (exact BF) ...")
     model, meta, normalization = model_from_checkpoint(out / "run" / "best.pt")
     test = build_dataset("synthetic", None, "test")
     result = evaluate(model, test, normalization, bf_mode="exact", input_size=config.size)
@@ -138,9 +138,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"(a trivial model predicting '{majority['name']}' everywhere: G {trivial * 100:.1f}, "
           f"mIoU {trivial / len(meta.class_names) * 100:.1f})")
     print(f"\ndone in {time.perf_counter() - start:.0f} s. Everything is in {out}/:")
-    print(f"  run/            checkpoints (best.pt, last.pt), metrics.csv, training_curves.png, config.json")
-    print(f"  evaluation/     report.html (open it), metrics.json, CSVs, confusion matrix, samples")
-    print(f"  predictions/    label maps (values = class ids) and colour overlays")
+    print("  run/            checkpoints (best.pt, last.pt), metrics.csv, training_curves.png, config.json")
+    print("  evaluation/     report.html (open it), metrics.json, CSVs, confusion matrix, samples")
+    print("  predictions/    label maps (values = class ids) and colour overlays")
     return 0
 
 

@@ -9,6 +9,8 @@ from typing import Iterable
 import torch
 from tqdm import tqdm
 
+from ..files import write_json
+
 
 def class_pixel_counts(labels: Iterable[torch.Tensor], num_classes: int, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per class: pixels of that class, and total pixels of the images in which it appears.
@@ -70,9 +72,6 @@ def compute_class_weights(
         freq, weights = median_frequency_weights(class_pixels, image_pixels)
     result = {**key, "frequency": freq.tolist(), "weights": weights.tolist()}
     if cache is not None:
-        path = Path(cache)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(path)
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        write_json(cache, result)
     return result

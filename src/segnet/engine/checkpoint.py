@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..data import DatasetMeta
+from ..files import atomic_path
 from ..models import create_model
 
 FORMAT = "segnet-checkpoint"
@@ -71,12 +72,8 @@ def save_checkpoint(
         "state_dict": clean_state_dict(model),
         **extra,
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 from torch import nn
 
 from ..data import DatasetMeta, load_image
+from ..files import atomic_path
 from .evaluate import predict_labels
 
 
@@ -58,9 +59,8 @@ def write_prediction(image: torch.Tensor, labels: torch.Tensor, meta: DatasetMet
     paths = [out / f"{stem}.png", out / f"{stem}_overlay.png"]
     pictures = [palette_png(labels_np, meta), overlay(image.permute(1, 2, 0).cpu().numpy(), labels_np, meta)]
     for path, picture in zip(paths, pictures):
-        tmp = path.with_name(f".{path.name}.tmp")
-        picture.save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            picture.save(tmp, format="PNG")
     return paths
 
 

@@ -75,7 +75,7 @@ def reproduce(target: str, root: str | None, out_dir: str | os.PathLike, models:
 
 def format_table(rows: list[dict], target: str) -> str:
     """Paper vs this project, side by side, with the scale of each run stated."""
-    lines = [f"| model | params (M) | run | G paper / ours | C paper / ours | mIoU paper / ours | BF paper / ours |",
+    lines = ["| model | params (M) | run | G paper / ours | C paper / ours | mIoU paper / ours | BF paper / ours |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
         scale = "REDUCED SCALE" if row["reduced_scale"] else "paper protocol"

@@ -14,7 +14,6 @@ rank 0 writes files.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -29,6 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import DatasetMeta, ResidentLoader, build_dataset, compute_class_weights, normalize
+from ..files import atomic_path, write_json
 from ..metrics import ConfusionMatrix
 from ..models import create_model, model_info
 from .checkpoint import load_checkpoint, save_checkpoint, unwrap
@@ -165,18 +165,10 @@ def _learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> floa
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, CSV_FIELDS)
         writer.writeheader()
         writer.writerows([{k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS} for row in rows])
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -251,7 +243,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
         log.info("resuming %s after epoch %d (step %d)", out, start_epoch, step)
     elif rank == 0:
-        _write_json(out / "config.json", config.to_dict())
+        write_json(out / "config.json", config.to_dict())
 
     def save(name: str, epoch: int, metrics: dict | None) -> None:
         save_checkpoint(

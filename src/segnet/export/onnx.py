@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..files import atomic_path
 from ..models import use_index_free_unpooling
 from .fold import fold_batchnorm
 
@@ -79,8 +80,7 @@ def export_onnx(
     sample = torch.rand(1, 3, *sizes[0], generator=generator)
     dims = {0: torch.export.Dim("batch", min=1, max=4096), 2: torch.export.Dim("height", min=17, max=8192),
             3: torch.export.Dim("width", min=17, max=8192)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.onnx.export(prepared, (sample,), tmp, dynamo=True, input_names=["image"], output_names=["logits"],
                           dynamic_shapes={"x": dims}, external_data=False)
         proto = onnx.load(str(tmp))
@@ -103,7 +103,4 @@ def export_onnx(
                     f"{numbers['values_off_fraction']:.3%} of logits off by more than {VALUE_TOLERANCE} "
                     f"(allowed {MAX_OFF_FRACTION:.1%}), labels agree on {numbers['label_agreement']:.3%} "
                     f"(required {MIN_LABEL_AGREEMENT:.1%}); the file was not written")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return {"path": str(path), "checks": checks}

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_path
+
 
 class _Images:
     """onnxruntime's calibration reader protocol over a float32 array (N, 3, H, W)."""
@@ -33,14 +35,12 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, ca
         raise ValueError("calibration must be a non-empty (N, 3, H, W) float32 array of normalised images")
     int8_path = Path(int8_path)
     prepared = int8_path.with_name(f".{int8_path.name}.pre.onnx")
-    tmp = int8_path.with_name(f".{int8_path.name}.tmp")
     try:
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(tmp), _Images(calibration.astype(np.float32)),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
-        os.replace(tmp, int8_path)
+        with atomic_path(int8_path) as tmp:
+            quantize_static(str(prepared), str(tmp), _Images(calibration.astype(np.float32)),
+                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
     finally:
         prepared.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
     return int8_path
