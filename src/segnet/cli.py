@@ -224,7 +224,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     model, meta, normalization, input_size, source = _model_for_inference(args, fold=False)
     metadata = {"source": source, "class_names": list(meta.class_names), "palette": [list(c) for c in meta.palette],
                 "mean": list(normalization["mean"]), "std": list(normalization["std"]), "input_size": input_size}
-    report = export_onnx(model, args.out, sizes=args.check_sizes, index_free=args.index_free, metadata=metadata)
+    report = export_onnx(model, args.out, sizes=args.check_sizes, index_free=args.index_free, metadata=metadata,
+                         normalization=normalization)
     for check in report["checks"]:
         print(f"onnxruntime vs PyTorch at {tuple(check['shape'])}: labels agree on {check['label_agreement']:.4%}, "
               f"{check['values_off_fraction']:.4%} of logits off by > 1e-3, max |diff| {check['max_abs_difference']:.2e}")
