@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import CAMVID_ROOT
 from segnet.cli import main
 from segnet.engine import load_checkpoint, model_from_checkpoint
 from segnet.engine.recipes import RECIPES, parse_override, resolve_config
@@ -190,11 +191,16 @@ def test_demo_wiring(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setitem(cli.DEMO_OVERRIDES, "epochs", 1)
     monkeypatch.setitem(cli.DEMO_OVERRIDES, "val_every", 1)
+    camvid = CAMVID_ROOT.is_dir()
+    monkeypatch.setenv("SEGNET_CAMVID", str(CAMVID_ROOT if camvid else tmp_path / "no-camvid"))
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "report.html" in out and "trivial model" in out
     assert (tmp_path / "evaluation" / "report.html").is_file()
     assert len(list((tmp_path / "predictions").glob("*_overlay.png"))) == 4
+    # the real street image, segmented by the shipped CamVid model, when CamVid is beside the checkout
+    assert len(list((tmp_path / "street").glob("*_overlay.png"))) == (1 if camvid else 0)
+    assert ("shipped CamVid SegNet-Basic" in out) and (("street/" in out) == camvid)
 
 
 def test_reproduce_labels_reduced_scale_and_reuses_finished_runs(tmp_path, capsys):

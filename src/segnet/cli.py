@@ -131,6 +131,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         image, _ = test.load(index)
         write_prediction(image, segment(model, image, normalization, config.size), meta, out / "predictions",
                          test.name_of(index))
+    street = _segment_camvid_street(out / "street")
     print()
     print(format_metrics_table(result.metrics))
     majority = max(result.metrics["classes"], key=lambda c: c["pixels"])
@@ -141,7 +142,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("  run/            checkpoints (best.pt, last.pt), metrics.csv, training_curves.png, config.json")
     print("  evaluation/     report.html (open it), metrics.json, CSVs, confusion matrix, samples")
     print("  predictions/    label maps (values = class ids) and colour overlays")
+    if street:
+        print(f"  street/         {street}: a real CamVid test image segmented by the shipped CamVid SegNet-Basic")
+    else:
+        print("(CamVid was not found beside the checkout; 'segnet predict street.png' segments any photo with the "
+              "shipped CamVid SegNet-Basic)")
     return 0
+
+
+def _segment_camvid_street(out) -> str | None:
+    """Segment one real CamVid test image with the shipped model, when the data is beside the checkout."""
+    import os
+    from pathlib import Path
+
+    from .data.io import load_image
+    from .engine import load_checkpoint, model_from_checkpoint
+    from .engine.predict import segment, write_prediction
+    from .pretrained import pretrained_path
+
+    root = Path(os.environ.get("SEGNET_CAMVID", Path(os.environ.get("SEGNET_SHARED", "../shared")) / "data" / "CamVid"))
+    images = sorted((root / "test").glob("*.png"))
+    if not images:
+        return None
+    chosen = images[len(images) // 2]
+    checkpoint = load_checkpoint(pretrained_path())
+    model, meta, normalization = model_from_checkpoint(checkpoint)
+    image = load_image(chosen)
+    labels = segment(model, image, normalization, checkpoint.get("input_size"))
+    return write_prediction(image, labels, meta, out, chosen.stem)[1].name
 
 
 # segnet_basic, paper-basic recipe, at reduced size and length: about a minute on 2 CPU cores
@@ -170,13 +198,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .engine import evaluate
     from .report import format_metrics_table, write_evaluation
 
-    if not args.checkpoint and not args.model:
-        raise ValueError("give --checkpoint CKPT (from 'segnet train'), or --model NAME to evaluate an untrained model")
+    checkpoint = _checkpoint_path(args)
+    if not checkpoint and not args.model:
+        raise ValueError("give --checkpoint CKPT (from 'segnet train'), --pretrained NAME (shipped), "
+                         "or --model NAME to evaluate an untrained model")
     dataset = build_dataset(args.dataset, args.root, args.split)
-    model, meta, normalization, input_size, source = load_model(args.checkpoint, args.model,
+    model, meta, normalization, input_size, source = load_model(checkpoint, args.model,
                                                                 dataset.meta.num_classes, args.device)
     if meta is not None and list(meta.class_names) != list(dataset.meta.class_names):
-        raise ValueError(f"{args.checkpoint} was trained on classes {list(meta.class_names)}, but {args.dataset} has "
+        raise ValueError(f"{checkpoint} was trained on classes {list(meta.class_names)}, but {args.dataset} has "
                          f"{list(dataset.meta.class_names)}; evaluate on the dataset it was trained for")
     result = evaluate(model, dataset, normalization, device=args.device, batch_size=args.batch_size,
                       bf_mode=None if args.bf == "none" else args.bf, bf_workers=args.workers, num_samples=args.samples,
@@ -188,15 +218,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_for_inference(args, fold: bool = True):
+def _model_for_inference(args, fold: bool = True, default_pretrained: bool = False):
     """Model (BN folded unless Bayesian sampling needs the original), meta, normalisation, input size."""
     from .data import DatasetMeta
     from .data.datasets import CAMVID_META
     from .export import fold_batchnorm
 
-    if not args.checkpoint and not args.model:
-        raise ValueError("give --checkpoint CKPT (from 'segnet train'), or --model NAME for an untrained model")
-    model, meta, normalization, input_size, source = load_model(args.checkpoint, args.model, 11, args.device)
+    checkpoint = _checkpoint_path(args, default_pretrained)
+    if not checkpoint and not args.model:
+        raise ValueError("give --checkpoint CKPT (from 'segnet train'), --pretrained NAME (shipped), "
+                         "or --model NAME for an untrained model")
+    model, meta, normalization, input_size, source = load_model(checkpoint, args.model, 11, args.device)
     if meta is None:  # an untrained model: CamVid's 11 classes and palette
         meta = DatasetMeta.from_dict(CAMVID_META.to_dict())
     if fold:
@@ -207,7 +239,7 @@ def _model_for_inference(args, fold: bool = True):
 def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.predict import predict_files
 
-    model, meta, normalization, input_size, _ = _model_for_inference(args)
+    model, meta, normalization, input_size, _ = _model_for_inference(args, default_pretrained=True)
     written, failures = predict_files(model, meta, normalization, args.inputs, args.out, input_size,
                                       args.mc_samples, args.batch_size)
     for path, why in failures:
@@ -308,10 +340,25 @@ def cmd_data_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_source(parser: argparse.ArgumentParser) -> None:
+def _model_source(parser: argparse.ArgumentParser, default: str = "") -> None:
+    from .pretrained import PRETRAINED
+
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="a checkpoint from 'segnet train' (RUN_DIR/best.pt)")
+    source.add_argument("--pretrained", choices=list(PRETRAINED), metavar="NAME",
+                        help=f"a model shipped with segnet: {', '.join(PRETRAINED)}" + default)
     source.add_argument("--model", help="an untrained model of this name instead (a baseline, or to try the pipeline)")
+
+
+def _checkpoint_path(args: argparse.Namespace, default_pretrained: bool = False) -> str | None:
+    """--checkpoint, or the file of --pretrained; the default shipped model when asked and nothing was given."""
+    from .pretrained import DEFAULT_PRETRAINED, pretrained_path
+
+    if args.checkpoint:
+        return args.checkpoint
+    if args.pretrained or (default_pretrained and not args.model):
+        return str(pretrained_path(args.pretrained or DEFAULT_PRETRAINED))
+    return None
 
 
 def _recipe_overrides(args: argparse.Namespace, keys: tuple[str, ...]) -> dict:
@@ -440,10 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment images: label PNGs, overlays, uncertainty maps",
                        description="Segment image files, folders and globs. Writes per input NAME.png (palette PNG "
                        "whose pixel values are class ids), NAME_overlay.png, and with --mc-samples (Bayesian models) "
-                       "NAME_uncertainty.png. Unreadable inputs are reported and skipped; exit status 1 if any failed.")
+                       "NAME_uncertainty.png. Unreadable inputs are reported and skipped; exit status 1 if any failed. "
+                       "With no --checkpoint/--model, the shipped CamVid SegNet-Basic is used (offline).")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    _model_source(p)
-    p.add_argument("--out", required=True, help="output folder")
+    _model_source(p, default=" (default: camvid_segnet_basic)")
+    p.add_argument("--out", default="segmented", help="output folder (default: ./segmented)")
     p.add_argument("--mc-samples", type=int, default=0, help="Monte Carlo dropout samples (Bayesian models)")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default: 4)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")

@@ -77,6 +77,30 @@ def save_checkpoint(
     return path
 
 
+# What a checkpoint needs for inference; the rest (optimizer, RNG state, history) is for resuming.
+INFERENCE_KEYS = ("format", "version", "model", "dataset", "normalization", "state_dict", "input_size")
+
+
+def slim_checkpoint(source: str | os.PathLike, dest: str | os.PathLike, keep: tuple[str, ...] = (),
+                    **extra) -> Path:
+    """Copy a checkpoint without what only resuming needs (optimizer and RNG state, history).
+
+    ``keep`` names further entries to carry over (e.g. ``"config"``, ``"metrics"``);
+    ``extra`` adds new ones (e.g. provenance for a model card). Written atomically.
+    """
+    checkpoint = load_checkpoint(source)
+    missing = [key for key in keep if key not in checkpoint]
+    if missing:
+        raise ValueError(f"{source}: has no {', '.join(missing)} entry to keep")
+    payload = {key: checkpoint[key] for key in INFERENCE_KEYS + tuple(keep) if key in checkpoint}
+    payload.update(extra)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest) as tmp:
+        torch.save(payload, tmp)
+    return dest
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint safely; errors name the file and say what is wrong."""
     path = Path(path)

@@ -1,0 +1,35 @@
+"""Trained weights shipped inside the package, so that segmenting works offline.
+
+Each entry is a slim segnet checkpoint (weights, classes, palette, normalisation, the input
+size it was trained at, and its provenance: recipe, configuration, test metrics). Load one
+like any checkpoint::
+
+    from segnet.engine import load_checkpoint, model_from_checkpoint
+    checkpoint = load_checkpoint(pretrained_path("camvid_segnet_basic"))
+    model, meta, normalization = model_from_checkpoint(checkpoint)
+
+Model cards (data, recipe, metrics, limits): docs/models/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_PRETRAINED = "camvid_segnet_basic"
+
+PRETRAINED: dict[str, str] = {
+    # name: what it is (the file is NAME.pt beside this module)
+    "camvid_segnet_basic": "SegNet-Basic trained on CamVid's 367 training images (11 classes), "
+                           "runs at 120x160; model card: docs/models/camvid_segnet_basic.md",
+}
+
+
+def pretrained_path(name: str = DEFAULT_PRETRAINED) -> Path:
+    """The checkpoint file of a shipped model."""
+    if name not in PRETRAINED:
+        raise ValueError(f"no shipped model named {name!r}; shipped: {', '.join(PRETRAINED)}")
+    path = Path(__file__).resolve().parent / f"{name}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the shipped weights are missing from this installation "
+                                "(reinstall segnet; a source checkout has them under src/segnet/pretrained/)")
+    return path
