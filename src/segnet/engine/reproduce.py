@@ -7,11 +7,11 @@ every table it writes; it is never presented as the paper's protocol.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from ..data import build_dataset
+from ..files import atomic_path, write_json
 from ..models import count_parameters
 from ..report import percent, write_evaluation
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -55,7 +55,9 @@ def reproduce(target: str, root: str | None, out_dir: str | os.PathLike, models:
             train(config, run_dir, progress=progress)
         elif load_checkpoint(run_dir / "last.pt")["epoch"] < config.epochs:  # an interrupted run
             train(config, run_dir, resume=True, progress=progress)
-        epochs = load_checkpoint(run_dir / "last.pt")["epoch"]
+        last = load_checkpoint(run_dir / "last.pt")
+        epochs = last["epoch"]
+        train_seconds = sum(entry["seconds"] for entry in last["history"])  # resumed epochs included
         checkpoint = load_checkpoint(run_dir / "best.pt")
         model, _, normalization = model_from_checkpoint(checkpoint)
         result = evaluate(model, build_dataset(dataset, root, "test"), normalization, bf_mode="exact",
@@ -65,25 +67,27 @@ def reproduce(target: str, root: str | None, out_dir: str | os.PathLike, models:
                 "best_epoch": checkpoint["epoch"], "input_size": config.size, "reduced_scale": reduced}
         write_evaluation(result, run_dir / "test", info)
         m = result.metrics
-        rows.append({**info, "params": count_parameters(model),
+        rows.append({**info, "params": count_parameters(model), "train_seconds": round(train_seconds, 1),
                      "ours": [m["global_accuracy"], m["mean_accuracy"], m["mean_iou"], m["mean_bf_score"]],
                      "paper": list(paper[name])})
-    (out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / "table.md").write_text(format_table(rows, target) + "\n")
+    write_json(out / "table.json", rows)
+    with atomic_path(out / "table.md") as tmp:
+        tmp.write_text(format_table(rows, target) + "\n")
     return rows
 
 
 def format_table(rows: list[dict], target: str) -> str:
     """Paper vs this project, side by side, with the scale of each run stated."""
-    lines = ["| model | params (M) | run | G paper / ours | C paper / ours | mIoU paper / ours | BF paper / ours |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | params (M) | run | training time | G paper / ours | C paper / ours | mIoU paper / ours "
+             "| BF paper / ours |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         scale = "REDUCED SCALE" if row["reduced_scale"] else "paper protocol"
         if row["input_size"]:
             scale += f", {row['input_size'][0]}x{row['input_size'][1]}"
         cells = " | ".join(f"{p:.1f} / {percent(o)}" for p, o in zip(row["paper"], row["ours"]))
         lines.append(f"| {row['model']} | {row['params'] / 1e6:.3f} | {scale}, {row['epochs']} epochs, "
-                     f"seed {row['seed']} | {cells} |")
+                     f"seed {row['seed']} | {row['train_seconds'] / 60:.0f} min | {cells} |")
     note = ("Paper: Table 1 (367 training images, MFB)." if target == "table1" else
             "Paper: SegNet trained on 3,433 images (CamVid plus other road scenes); ours on CamVid's 367.")
     return "\n".join(lines + ["", note])
