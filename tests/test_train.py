@@ -213,7 +213,9 @@ def test_reproduce_labels_reduced_scale_and_reuses_finished_runs(tmp_path, capsy
     assert all(0 <= v <= 1 for v in rows[0]["ours"])
     table = (tmp_path / "table.md").read_text()
     assert "REDUCED SCALE, 32x48, 1 epochs" in table and "82.7 / " in table
-    assert rows[0]["train_seconds"] > 0 and " min | " in table
+    assert rows[0]["train_seconds"] > 0 and " s | " in table
+    assert rows[0]["recipe_changes"] == {"batch_size": 8, "bn_recompute": False}  # the deviations, stated
+    assert "1 epochs, seed 0, batch_size=8, bn_recompute=False |" in table
     assert (tmp_path / "segnet_basic" / "test" / "report.html").is_file()
     stamp = (tmp_path / "segnet_basic" / "last.pt").stat().st_mtime_ns
     reproduce("table1", None, tmp_path, models=["segnet_basic"], overrides=overrides, dataset="synthetic",

@@ -513,8 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="train and test the paper's CamVid models; table paper vs ours",
                        description="table1: the eight Table 1 models with the paper-basic recipe; segnet: SegNet "
                        "(VGG16) with the paper recipe. Each is trained (an interrupted run is resumed), evaluated on "
-                       "the test split with exact BF, and OUT/table.md sets the numbers beside the paper's. Changing "
-                       "--size or --epochs below the recipe makes every row say REDUCED SCALE.")
+                       "the test split with exact BF, and OUT/table.md sets the numbers beside the paper's, with "
+                       "parameters and training time. Changing --size or --epochs below the recipe makes every row say "
+                       "REDUCED SCALE; any other change to the recipe (--set, --batch-size) is listed in its row. "
+                       "Models already trained in OUT are evaluated again, not retrained, so runs made with different "
+                       "--set values can be gathered into one table.")
     p.add_argument("target", choices=["table1", "segnet"], help="which of the paper's results")
     p.add_argument("--root", required=True, help="CamVid folder or .pack file")
     p.add_argument("--dataset", default="camvid", help=argparse.SUPPRESS)

@@ -62,9 +62,14 @@ def reproduce(target: str, root: str | None, out_dir: str | os.PathLike, models:
         model, _, normalization = model_from_checkpoint(checkpoint)
         result = evaluate(model, build_dataset(dataset, root, "test"), normalization, bf_mode="exact",
                           input_size=checkpoint.get("input_size"), progress=progress)
-        reduced = config.size is not None or config.epochs < RECIPES[recipe]["epochs"] or dataset != "camvid"
-        info = {"model": name, "recipe": recipe, "seed": config.seed, "epochs": epochs,
-                "best_epoch": checkpoint["epoch"], "input_size": config.size, "reduced_scale": reduced}
+        # described from the run's own configuration, which may predate this invocation
+        run_config = last["config"]
+        changes = {key: run_config[key] for key, value in RECIPES[recipe].items()
+                   if key != "epochs" and key in run_config and run_config[key] != value}
+        reduced = run_config["size"] is not None or epochs < RECIPES[recipe]["epochs"] or dataset != "camvid"
+        info = {"model": name, "recipe": recipe, "seed": run_config["seed"], "epochs": epochs,
+                "best_epoch": checkpoint["epoch"], "input_size": run_config["size"], "reduced_scale": reduced,
+                "recipe_changes": changes}
         write_evaluation(result, run_dir / "test", info)
         m = result.metrics
         rows.append({**info, "params": count_parameters(model), "train_seconds": round(train_seconds, 1),
@@ -82,12 +87,17 @@ def format_table(rows: list[dict], target: str) -> str:
              "| BF paper / ours |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        scale = "REDUCED SCALE" if row["reduced_scale"] else "paper protocol"
+        changes = row.get("recipe_changes") or {}
+        scale = "REDUCED SCALE" if row["reduced_scale"] else "CHANGED RECIPE" if changes else "paper protocol"
         if row["input_size"]:
             scale += f", {row['input_size'][0]}x{row['input_size'][1]}"
         cells = " | ".join(f"{p:.1f} / {percent(o)}" for p, o in zip(row["paper"], row["ours"]))
-        lines.append(f"| {row['model']} | {row['params'] / 1e6:.3f} | {scale}, {row['epochs']} epochs, "
-                     f"seed {row['seed']} | {row['train_seconds'] / 60:.0f} min | {cells} |")
+        run = f"{scale}, {row['epochs']} epochs, seed {row['seed']}"
+        if changes:
+            run += ", " + ", ".join(f"{key}={value}" for key, value in changes.items())
+        seconds = row["train_seconds"]
+        time = f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+        lines.append(f"| {row['model']} | {row['params'] / 1e6:.3f} | {run} | {time} | {cells} |")
     note = ("Paper: Table 1 (367 training images, MFB)." if target == "table1" else
             "Paper: SegNet trained on 3,433 images (CamVid plus other road scenes); ours on CamVid's 367.")
     return "\n".join(lines + ["", note])
