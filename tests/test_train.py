@@ -223,3 +223,28 @@ def test_reproduce_labels_reduced_scale_and_reuses_finished_runs(tmp_path, capsy
     assert (tmp_path / "segnet_basic" / "last.pt").stat().st_mtime_ns == stamp  # finished run not retrained
     with pytest.raises(ValueError, match="not in the paper's table1"):
         reproduce("table1", None, tmp_path, models=["segnet"], dataset="synthetic")
+
+
+def test_reproduce_goes_on_when_one_model_diverges(tmp_path, capsys, monkeypatch):
+    # One variant stops with a non-finite loss (as FCN-Basic-NoDimReduction does at lr 0.1 on
+    # CamVid); the table must say so for it and still hold the model trained after it.
+    import segnet.engine.reproduce as reproduce_module
+    from segnet.engine.train import TrainingError
+
+    real_train = reproduce_module.train
+
+    def train(config, out, **kwargs):
+        if config.model == "fcn_basic_no_dim_reduction":
+            raise TrainingError("the training loss became nan at epoch 1, step 3; stopped.")
+        return real_train(config, out, **kwargs)
+
+    monkeypatch.setattr(reproduce_module, "train", train)
+    code = main(["reproduce", "table1", "--dataset", "synthetic", "--root", str(tmp_path), "--out", str(tmp_path),
+                 "--models", "fcn_basic_no_dim_reduction", "segnet_basic", "--epochs", "1", "--size", "32x48",
+                 "--batch-size", "8", "--device", "cpu", "--set", "bn_recompute=false", "--set", "lr=0.05"])
+    out = capsys.readouterr().out
+    assert code == 1 and "training failed for fcn_basic_no_dim_reduction" in out
+    table = (tmp_path / "table.md").read_text()
+    assert "| fcn_basic_no_dim_reduction | | REDUCED SCALE, 32x48, 0 epochs" in table
+    assert "training failed: the training loss became nan" in table
+    assert "| segnet_basic | 1.416 |" in table and "lr=0.05" in table

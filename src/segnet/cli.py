@@ -272,10 +272,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .engine.reproduce import reproduce
 
     overrides = _recipe_overrides(args, ("epochs", "batch_size", "device", "seed", "encoder_weights"))
-    reproduce(args.target, args.root, args.out, args.models, overrides, args.dataset)
+    rows = reproduce(args.target, args.root, args.out, args.models, overrides, args.dataset)
     print((Path(args.out) / "table.md").read_text())
     print(f"per-model runs, test metrics and reports in {args.out}/MODEL/")
-    return 0
+    failed = [row["model"] for row in rows if "failed" in row]
+    if failed:
+        print(f"training failed for {', '.join(failed)} (see the table); the other models are in the table")
+    return 1 if failed else 0
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ every table it writes; it is never presented as the paper's protocol.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from ..data import build_dataset
@@ -17,7 +18,7 @@ from ..report import percent, write_evaluation
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .evaluate import evaluate
 from .recipes import RECIPES, resolve_config
-from .train import train
+from .train import TrainingError, train
 
 # Table 1 (CamVid, 360x480, median frequency balancing): G, C, mIoU, BF (percent)
 PAPER_TABLE1 = {
@@ -51,25 +52,25 @@ def reproduce(target: str, root: str | None, out_dir: str | os.PathLike, models:
     for name in models:
         config = resolve_config(recipe, {**overrides, "model": name, "dataset": dataset, "root": root})
         run_dir = out / name
-        if not (run_dir / "last.pt").exists():
-            train(config, run_dir, progress=progress)
-        elif load_checkpoint(run_dir / "last.pt")["epoch"] < config.epochs:  # an interrupted run
-            train(config, run_dir, resume=True, progress=progress)
+        try:
+            if not (run_dir / "last.pt").exists():
+                train(config, run_dir, progress=progress)
+            elif load_checkpoint(run_dir / "last.pt")["epoch"] < config.epochs:  # an interrupted run
+                train(config, run_dir, resume=True, progress=progress)
+        except TrainingError as error:  # e.g. a diverging variant: report it, go on with the others
+            print(f"{name}: {error}")
+            rows.append({**_describe_run(recipe, asdict(config), 0, dataset), "model": name, "failed": str(error),
+                         "paper": list(paper[name])})
+            continue
         last = load_checkpoint(run_dir / "last.pt")
-        epochs = last["epoch"]
         train_seconds = sum(entry["seconds"] for entry in last["history"])  # resumed epochs included
         checkpoint = load_checkpoint(run_dir / "best.pt")
         model, _, normalization = model_from_checkpoint(checkpoint)
         result = evaluate(model, build_dataset(dataset, root, "test"), normalization, bf_mode="exact",
                           input_size=checkpoint.get("input_size"), progress=progress)
         # described from the run's own configuration, which may predate this invocation
-        run_config = last["config"]
-        changes = {key: run_config[key] for key, value in RECIPES[recipe].items()
-                   if key != "epochs" and key in run_config and run_config[key] != value}
-        reduced = run_config["size"] is not None or epochs < RECIPES[recipe]["epochs"] or dataset != "camvid"
-        info = {"model": name, "recipe": recipe, "seed": run_config["seed"], "epochs": epochs,
-                "best_epoch": checkpoint["epoch"], "input_size": run_config["size"], "reduced_scale": reduced,
-                "recipe_changes": changes}
+        info = {"model": name, **_describe_run(recipe, last["config"], last["epoch"], dataset),
+                "best_epoch": checkpoint["epoch"]}
         write_evaluation(result, run_dir / "test", info)
         m = result.metrics
         rows.append({**info, "params": count_parameters(model), "train_seconds": round(train_seconds, 1),
@@ -79,6 +80,15 @@ def reproduce(target: str, root: str | None, out_dir: str | os.PathLike, models:
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(format_table(rows, target) + "\n")
     return rows
+
+
+def _describe_run(recipe: str, run_config: dict, epochs: int, dataset: str) -> dict:
+    """Recipe, seed, epochs, size, whether the run is reduced scale, and how it departs from the recipe."""
+    changes = {key: run_config[key] for key, value in RECIPES[recipe].items()
+               if key != "epochs" and key in run_config and run_config[key] != value}
+    reduced = run_config["size"] is not None or epochs < RECIPES[recipe]["epochs"] or dataset != "camvid"
+    return {"recipe": recipe, "seed": run_config["seed"], "epochs": epochs, "input_size": run_config["size"],
+            "reduced_scale": reduced, "recipe_changes": changes}
 
 
 def format_table(rows: list[dict], target: str) -> str:
@@ -91,10 +101,13 @@ def format_table(rows: list[dict], target: str) -> str:
         scale = "REDUCED SCALE" if row["reduced_scale"] else "CHANGED RECIPE" if changes else "paper protocol"
         if row["input_size"]:
             scale += f", {row['input_size'][0]}x{row['input_size'][1]}"
-        cells = " | ".join(f"{p:.1f} / {percent(o)}" for p, o in zip(row["paper"], row["ours"]))
         run = f"{scale}, {row['epochs']} epochs, seed {row['seed']}"
         if changes:
             run += ", " + ", ".join(f"{key}={value}" for key, value in changes.items())
+        if "failed" in row:
+            lines.append(f"| {row['model']} | | {run} | | training failed: {row['failed']} | | | |")
+            continue
+        cells = " | ".join(f"{p:.1f} / {percent(o)}" for p, o in zip(row["paper"], row["ours"]))
         seconds = row["train_seconds"]
         time = f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
         lines.append(f"| {row['model']} | {row['params'] / 1e6:.3f} | {run} | {time} | {cells} |")
