@@ -245,6 +245,6 @@ def test_reproduce_goes_on_when_one_model_diverges(tmp_path, capsys, monkeypatch
     out = capsys.readouterr().out
     assert code == 1 and "training failed for fcn_basic_no_dim_reduction" in out
     table = (tmp_path / "table.md").read_text()
-    assert "| fcn_basic_no_dim_reduction | | REDUCED SCALE, 32x48, 0 epochs" in table
+    assert "| fcn_basic_no_dim_reduction | | REDUCED SCALE, 32x48, 1 epochs" in table
     assert "training failed: the training loss became nan" in table
     assert "| segnet_basic | 1.416 |" in table and "lr=0.05" in table

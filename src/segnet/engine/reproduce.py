@@ -59,8 +59,9 @@ def reproduce(target: str, root: str | None, out_dir: str | os.PathLike, models:
                 train(config, run_dir, resume=True, progress=progress)
         except TrainingError as error:  # e.g. a diverging variant: report it, go on with the others
             print(f"{name}: {error}")
-            rows.append({**_describe_run(recipe, asdict(config), 0, dataset), "model": name, "failed": str(error),
-                         "paper": list(paper[name])})
+            # described as planned (epochs included): the error says where it stopped
+            rows.append({**_describe_run(recipe, asdict(config), config.epochs, dataset), "model": name,
+                         "failed": str(error), "paper": list(paper[name])})
             continue
         last = load_checkpoint(run_dir / "last.pt")
         train_seconds = sum(entry["seconds"] for entry in last["history"])  # resumed epochs included
