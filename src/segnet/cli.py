@@ -150,26 +150,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segment_camvid_street(out) -> str | None:
+def _segment_camvid_street(out: Path) -> str | None:
     """Segment one real CamVid test image with the shipped model, when the data is beside the checkout."""
-    import os
-    from pathlib import Path
-
-    from .data.io import load_image
-    from .engine import load_checkpoint, model_from_checkpoint
-    from .engine.predict import segment, write_prediction
+    from .engine.predict import predict_files
     from .pretrained import pretrained_path
 
     root = Path(os.environ.get("SEGNET_CAMVID", Path(os.environ.get("SEGNET_SHARED", "../shared")) / "data" / "CamVid"))
     images = sorted((root / "test").glob("*.png"))
     if not images:
         return None
-    chosen = images[len(images) // 2]
-    checkpoint = load_checkpoint(pretrained_path())
-    model, meta, normalization = model_from_checkpoint(checkpoint)
-    image = load_image(chosen)
-    labels = segment(model, image, normalization, checkpoint.get("input_size"))
-    return write_prediction(image, labels, meta, out, chosen.stem)[1].name
+    model, meta, normalization, input_size, _ = load_model(str(pretrained_path()), None, None)
+    written, _ = predict_files(model, meta, normalization, [str(images[len(images) // 2])], out, input_size,
+                               progress=False)
+    return written[-1].name  # the overlay
 
 
 # segnet_basic, paper-basic recipe, at reduced size and length: about a minute on 2 CPU cores
@@ -218,13 +211,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_for_inference(args, fold: bool = True, default_pretrained: bool = False):
+def _model_for_inference(args, fold: bool = True):
     """Model (BN folded unless Bayesian sampling needs the original), meta, normalisation, input size."""
     from .data import DatasetMeta
     from .data.datasets import CAMVID_META
     from .export import fold_batchnorm
 
-    checkpoint = _checkpoint_path(args, default_pretrained)
+    checkpoint = _checkpoint_path(args)
     if not checkpoint and not args.model:
         raise ValueError("give --checkpoint CKPT (from 'segnet train'), --pretrained NAME (shipped), "
                          "or --model NAME for an untrained model")
@@ -239,7 +232,7 @@ def _model_for_inference(args, fold: bool = True, default_pretrained: bool = Fal
 def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.predict import predict_files
 
-    model, meta, normalization, input_size, _ = _model_for_inference(args, default_pretrained=True)
+    model, meta, normalization, input_size, _ = _model_for_inference(args)
     written, failures = predict_files(model, meta, normalization, args.inputs, args.out, input_size,
                                       args.mc_samples, args.batch_size)
     for path, why in failures:
@@ -343,24 +336,26 @@ def cmd_data_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_source(parser: argparse.ArgumentParser, default: str = "") -> None:
+def _model_source(parser: argparse.ArgumentParser, default_pretrained: str | None = None) -> None:
+    """--checkpoint | --pretrained NAME | --model NAME; with ``default_pretrained``, a shipped model when none is given."""
     from .pretrained import PRETRAINED
 
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="a checkpoint from 'segnet train' (RUN_DIR/best.pt)")
-    source.add_argument("--pretrained", choices=list(PRETRAINED), metavar="NAME",
-                        help=f"a model shipped with segnet: {', '.join(PRETRAINED)}" + default)
+    source.add_argument("--pretrained", choices=list(PRETRAINED), metavar="NAME", default=default_pretrained,
+                        help=f"a model shipped with segnet: {', '.join(PRETRAINED)}"
+                        + (f" (default: {default_pretrained})" if default_pretrained else ""))
     source.add_argument("--model", help="an untrained model of this name instead (a baseline, or to try the pipeline)")
 
 
-def _checkpoint_path(args: argparse.Namespace, default_pretrained: bool = False) -> str | None:
-    """--checkpoint, or the file of --pretrained; the default shipped model when asked and nothing was given."""
-    from .pretrained import DEFAULT_PRETRAINED, pretrained_path
+def _checkpoint_path(args: argparse.Namespace) -> str | None:
+    """--checkpoint, or the file of --pretrained (which may be a default); None for --model."""
+    from .pretrained import pretrained_path
 
     if args.checkpoint:
         return args.checkpoint
-    if args.pretrained or (default_pretrained and not args.model):
-        return str(pretrained_path(args.pretrained or DEFAULT_PRETRAINED))
+    if args.pretrained and not args.model:
+        return str(pretrained_path(args.pretrained))
     return None
 
 
@@ -385,6 +380,7 @@ def _train_options() -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .pretrained import DEFAULT_PRETRAINED
 
     parser = _Parser(
         prog="segnet",
@@ -493,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "NAME_uncertainty.png. Unreadable inputs are reported and skipped; exit status 1 if any failed. "
                        "With no --checkpoint/--model, the shipped CamVid SegNet-Basic is used (offline).")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    _model_source(p, default=" (default: camvid_segnet_basic)")
+    _model_source(p, default_pretrained=DEFAULT_PRETRAINED)
     p.add_argument("--out", default="segmented", help="output folder (default: ./segmented)")
     p.add_argument("--mc-samples", type=int, default=0, help="Monte Carlo dropout samples (Bayesian models)")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default: 4)")
