@@ -235,3 +235,36 @@ def test_resident_loader_covers_split_and_shards():
     aug = ResidentLoader(images, labels, 5, (0.0,) * 3, (1.0,) * 3, 255, hflip=True, scale=(0.5, 1.5), seed=2)
     for _, lab in aug:
         assert set(lab.unique().tolist()) <= set(labels.unique().tolist()) | {255}
+
+
+def test_resident_loader_crops_are_per_sample_aligned_and_shard_like_one_process():
+    # each pixel encodes its own coordinates, so a crop can be located exactly in its image
+    n, height, width = 8, 20, 30
+    rows = torch.arange(height).view(1, height, 1).expand(n, height, width)
+    cols = torch.arange(width).view(1, 1, width).expand(n, height, width)
+    images = torch.stack([rows, cols, torch.arange(n).view(n, 1, 1).expand(n, height, width)], 1).to(torch.uint8)
+    labels = ((rows * width + cols) % 250).to(torch.uint8)
+    options = dict(hflip=True, crop=(8, 12), seed=3, drop_last=True)
+    single = list(ResidentLoader(images, labels, 4, (0.0,) * 3, (1 / 255,) * 3, 255, **options))
+    offsets, flips = set(), set()
+    for batch_images, batch_labels in single:
+        assert batch_images.shape == (4, 3, 8, 12) and batch_labels.shape == (4, 8, 12)
+        for image, label in zip(batch_images.round().long(), batch_labels):
+            top, left = int(image[0, 0, 0]), int(image[1, 0, 0])
+            flipped = bool(image[1, 0, 1] < image[1, 0, 0])
+            offsets.add((top, left))
+            flips.add(flipped)
+            assert 0 <= top <= height - 8
+            # the label is cut from the same window of the same (possibly flipped) image
+            assert torch.equal(label, ((image[0] * width + image[1]) % 250))
+            assert (image[1, 0, 1] - image[1, 0, 0]).abs() == 1  # a contiguous window
+    assert len(offsets) > 4 and flips == {True, False}  # drawn per sample, not once per batch
+    ranks = [list(ResidentLoader(images, labels, 2, (0.0,) * 3, (1 / 255,) * 3, 255, rank=r, world_size=2, **options))
+             for r in (0, 1)]
+    for whole, first, second in zip(single, *ranks):
+        assert torch.equal(whole[0], torch.cat([first[0], second[0]]))
+        assert torch.equal(whole[1], torch.cat([first[1], second[1]]))
+    again = list(ResidentLoader(images, labels, 4, (0.0,) * 3, (1 / 255,) * 3, 255, **options))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(single, again))  # reproducible
+    with pytest.raises(ValueError, match="must fit"):
+        ResidentLoader(images, labels, 4, (0.0,) * 3, (1.0,) * 3, 255, crop=(21, 12))

@@ -97,7 +97,7 @@ def test_perfect_and_always_wrong_models():
 def test_evaluate_equals_direct_metric_computation():
     dataset = SyntheticRoadScenes("val", count=6, size=(48, 64))
     model = create_model("segnet_basic", 6)
-    result = evaluate(model, dataset, RAW, batch_size=4, bf_workers=2, progress=False)
+    result = evaluate(model, dataset, RAW, batch_size=4, bf_workers=2, amp="off", progress=False)
     assert model.training  # evaluate restores the mode it found
     confusion, boundary = ConfusionMatrix(6, 255), BoundaryF1(6, 255)
     model.eval()

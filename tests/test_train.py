@@ -150,12 +150,14 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
 
 def test_two_process_gloo_run_equals_one_process(tmp_path):
     """torchrun, 2 CPU processes with gloo, batch 8 (4 per rank) == 1 process, batch 8 in 2
-    micro-batches of 4 (batch norm sees 4 images in both; SyncBatchNorm is GPU-only)."""
+    micro-batches of 4 (batch norm sees 4 images in both; SyncBatchNorm is GPU-only); with
+    random crops and flips, drawn per sample, and bf16 autocast where the CPU has it."""
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    subprocess.run(_train_command(single, "--epochs", "1", "--accumulate", "2"), env=ENV, check=True,
+    augment = ("--crop", "24x32", "--set", "hflip=true")
+    subprocess.run(_train_command(single, "--epochs", "1", "--accumulate", "2", *augment), env=ENV, check=True,
                    capture_output=True, timeout=300)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--standalone", "-m", "segnet", *_train_command(ddp, "--epochs", "1")[3:]],
+                             "--standalone", "-m", "segnet", *_train_command(ddp, "--epochs", "1", *augment)[3:]],
                             env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     single_model, meta, normalization = model_from_checkpoint(single / "last.pt")
@@ -167,11 +169,15 @@ def test_two_process_gloo_run_equals_one_process(tmp_path):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
     # validation is split across the ranks and their confusion matrices summed: the
     # reported score equals one process validating the same weights on the whole split
+    from segnet.engine.precision import autocast, resolve_amp
     from segnet.engine.recipes import TrainConfig
     from segnet.engine.train import load_split, validate
 
+    precision = json.loads((ddp / "config.json").read_text())["runtime"]["precision"]
+    assert precision == resolve_amp("auto", "cpu")
     images, labels, _ = load_split(TrainConfig(**TINY), "val", progress=False)
-    expected = validate(ddp_model, images, labels, meta, normalization, 4, "cpu", contextlib.nullcontext)
+    ddp_model = ddp_model.to(memory_format=torch.channels_last)  # as trained: same kernels, same ties
+    expected = validate(ddp_model, images, labels, meta, normalization, 4, "cpu", lambda: autocast(precision, "cpu"))
     reported = next(csv.DictReader(open(ddp / "metrics.csv")))
     assert float(reported["val_mean_iou"]) == pytest.approx(expected["mean_iou"], abs=1e-9)
     assert [p.name for p in ddp.iterdir() if p.name.startswith(".")] == []
@@ -248,3 +254,71 @@ def test_reproduce_goes_on_when_one_model_diverges(tmp_path, capsys, monkeypatch
     assert "| fcn_basic_no_dim_reduction | | REDUCED SCALE, 32x48, 1 epochs" in table
     assert "training failed: the training loss became nan" in table
     assert "| segnet_basic | 1.416 |" in table and "lr=0.05" in table
+
+
+def test_resume_extends_finished_runs_exactly_with_crops_and_recorded_changes(tmp_path, capsys):
+    """2 epochs straight == 1 epoch, then --resume --epochs 2 (a finished run extended):
+    same weights, bit for bit, with per-sample crops, flips and the machine's autocast."""
+    options = {**TINY, "crop": [24, 32], "hflip": True, "scale": [0.8, 1.2]}
+    straight, extended = tmp_path / "straight", tmp_path / "extended"
+    train(resolve_config("paper-basic", {**options, "epochs": 2}), straight, progress=False)
+    train(resolve_config("paper-basic", {**options, "epochs": 1}), extended, progress=False)
+    assert load_checkpoint(extended / "best.pt")["bn_recomputed"] is True  # finished, BN recomputed
+    assert main(["train", "--out", str(extended), "--resume", "--epochs", "2"]) == 0
+    a, b = _weights(straight / "last.pt"), _weights(extended / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    best = load_checkpoint(extended / "best.pt")
+    assert best["bn_recomputed"] is True and "metrics_running_bn" in best
+    # resuming a finished run with nothing to add works, changes nothing, and is recorded
+    assert main(["train", "--out", str(extended), "--resume"]) == 0
+    assert all(torch.equal(b[k], v) for k, v in _weights(extended / "last.pt").items())
+    # a changed rate applies to the remaining epochs and is recorded with the run
+    assert main(["train", "--out", str(extended), "--resume", "--epochs", "3", "--lr", "0.01"]) == 0
+    config = json.loads((extended / "config.json").read_text())
+    assert config["lr"] == 0.01 and config["epochs"] == 3
+    assert [s["start_epoch"] for s in config["segments"]] == [0, 1, 2]  # a resume that trained nothing is not kept
+    assert config["segments"][-1]["changed"] == {"epochs": [2, 3], "lr": [0.1, 0.01]}
+    assert config["runtime"]["precision"] in ("bf16", "off")
+    rows = list(csv.DictReader(open(extended / "metrics.csv")))
+    assert [float(r["lr"]) for r in rows] == [0.1, 0.1, 0.01]
+    assert float(rows[2]["hours"]) > float(rows[1]["hours"]) > 0
+    capsys.readouterr()
+    # anything else is refused by name; repeating the run's own value is accepted
+    assert main(["train", "--out", str(extended), "--resume", "--batch-size", "4", "--crop", "16x16"]) == 1
+    err = capsys.readouterr().err
+    assert "--batch-size (8 -> 4)" in err and "--crop ([24, 32] -> [16, 16])" in err and "--init-from" in err
+    assert main(["train", "--out", str(extended), "--resume", "--recipe", "modern"]) == 1
+    assert "--recipe ('paper-basic' -> 'modern')" in capsys.readouterr().err
+    assert main(["train", "--out", str(extended), "--resume", "--batch-size", "8", "--epochs", "3"]) == 0
+
+
+def test_init_from_loads_weights_and_reinitialises_only_a_resized_classifier(tmp_path, capsys):
+    from segnet.engine.train import load_initial_weights
+    from segnet.models import create_model
+
+    source = tmp_path / "source"
+    train(resolve_config("paper-basic", {**TINY, "epochs": 1, "bn_recompute": False}), source, progress=False)
+    trained = _weights(source / "last.pt")
+    model = create_model("segnet_basic", 4)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    message = load_initial_weights(model, str(source / "last.pt"), "segnet_basic", 4)
+    assert "classifier.weight, classifier.bias" in message and "6 -> 4 classes" in message
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, fresh[key] if key.startswith("classifier.") else trained[key]), key
+    with pytest.raises(ValueError, match="holds a segnet_basic, but this run trains a fcn_basic"):
+        load_initial_weights(create_model("fcn_basic", 6), str(source / "last.pt"), "fcn_basic", 6)
+    # from the command line, by shipped name: a new run that starts from trained weights
+    assert main(["train", "--out", str(tmp_path / "tuned"), "--init-from", "camvid_segnet_basic", "--epochs", "1",
+                 "--size", "32x48", "--batch-size", "8", "--device", "cpu", "--set", "bn_recompute=false"]) == 0
+    tuned = load_checkpoint(tmp_path / "tuned" / "last.pt")
+    assert tuned["config"]["init_from"] == "camvid_segnet_basic" and tuned["model"]["num_classes"] == 6
+
+
+def test_progress_in_a_log_file_is_one_line_per_epoch(tmp_path):
+    result = subprocess.run(_train_command(tmp_path / "run", "--epochs", "2", "--set", "bn_recompute=false"),
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "\r" not in result.stderr  # no progress bars when stderr is not a terminal
+    epochs = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
+    assert "h, val G" in epochs[-1]

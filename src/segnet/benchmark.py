@@ -2,8 +2,8 @@
 achieved FLOP/s against this machine's measured matrix-multiply peak (same run).
 
 Variants: ``eager`` (the plain model, fp32, no_grad), ``folded`` (BN folded,
-inference_mode), ``channels_last`` (folded + channels_last), ``bf16`` (folded + bf16
-autocast, CUDA only), ``compile`` (folded + torch.compile), ``onnxruntime`` (the exported
+inference_mode), ``channels_last`` (folded + channels_last), ``bf16`` (folded +
+channels_last + bf16 autocast; a default on CUDA and on CPUs with native bf16), ``compile`` (folded + torch.compile), ``onnxruntime`` (the exported
 graph, CPU). Each timing: warm-up, then the median of several repeats.
 """
 
@@ -14,12 +14,12 @@ import os
 import statistics
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .engine.precision import autocast, cpu_description, resolve_amp
 from .export.fold import fold_batchnorm
 from .models import MODELS, count_parameters, create_model
 
@@ -126,8 +126,6 @@ def _runner(model: nn.Module, variant: str, device: torch.device):
             with torch.no_grad():
                 return model(x)
         return run
-    if variant == "bf16" and not cuda:
-        return None
     if variant == "onnxruntime":
         if cuda:
             return None
@@ -150,10 +148,10 @@ def _runner(model: nn.Module, variant: str, device: torch.device):
     folded = folded.to(memory_format=layout)
     if variant == "compile":
         folded = torch.compile(folded)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if variant == "bf16" else nullcontext()
+    precision = "bf16" if variant == "bf16" else "off"
 
     def run(x):
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(precision, device):
             return folded(x.contiguous(memory_format=layout))
     return run
 
@@ -199,8 +197,10 @@ def run_benchmark(models=None, size=(360, 480), device="cpu", variants=None, bat
 
     device = torch.device(device)
     cuda = device.type == "cuda"
-    variants = variants or (("eager", "folded", "channels_last", "bf16") if cuda else ("eager", "folded",
-                                                                                       "channels_last", "onnxruntime"))
+    # bf16 by default where the hardware runs it natively (on an AVX2-only CPU it is emulated, slow)
+    variants = variants or (("eager", "folded", "channels_last")
+                            + (("bf16",) if resolve_amp("auto", device) == "bf16" else ())
+                            + (() if cuda else ("onnxruntime",)))
     batch_sizes = batch_sizes or ((1, 8, 32, 64) if cuda else (1, 2))
     peak = matmul_peak_flops(device, torch.bfloat16 if cuda else torch.float32, 8192 if cuda else 2048)
     rows = [benchmark_model(name, size, device, variants, batch_sizes, repeats)
@@ -208,7 +208,11 @@ def run_benchmark(models=None, size=(360, 480), device="cpu", variants=None, bat
     for row in rows:
         for result in row["variants"].values():
             result["fraction_of_matmul_peak"] = result["achieved_gflops_per_s"] * 1e9 / peak
-    device_name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    if cuda:
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        cpu = cpu_description()
+        device_name = f"{cpu['model']} ({' '.join(cpu['flags'])}), {torch.get_num_threads()} threads"
     return {"device": device_name, "size": list(size), "matmul_peak_gflops_per_s": peak / 1e9,
             "matmul_dtype": "bf16" if cuda else "fp32", "torch": torch.__version__, "rows": rows}
 

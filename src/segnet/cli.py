@@ -77,21 +77,19 @@ def cmd_forward(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine.recipes import TrainConfig, resolve_config
-    from .engine.train import train
+    from .engine.recipes import resolve_config
+    from .engine.train import resume_config, train
 
     overrides = _recipe_overrides(args, ("model", "dataset", "root", "epochs", "batch_size", "lr", "seed", "device",
-                                         "val_every", "encoder_weights", "accumulate"))
+                                         "val_every", "encoder_weights", "accumulate", "amp", "init_from"))
     if args.compile:
         overrides["compile"] = True
     if args.resume:
-        # the run's own configuration; only its length and device may change
-        from .engine import load_checkpoint
-
-        stored = load_checkpoint(f"{args.out}/last.pt")["config"]
-        config = TrainConfig(**{**stored, **{k: v for k, v in overrides.items() if k in ("epochs", "device")}})
+        if args.recipe is not None:
+            overrides["recipe"] = args.recipe  # refused by name below, like every other non-resumable flag
+        config = resume_config(args.out, overrides)
     else:
-        config = resolve_config(args.recipe, overrides)
+        config = resolve_config(args.recipe or "paper-basic", overrides)
     summary = train(config, args.out, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         best = summary["best"]
@@ -124,12 +122,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("2/3 evaluating best.pt on the synthetic test split (exact BF) ...")
     model, meta, normalization = model_from_checkpoint(out / "run" / "best.pt")
     test = build_dataset("synthetic", None, "test")
-    result = evaluate(model, test, normalization, bf_mode="exact", input_size=config.size)
+    result = evaluate(model, test, normalization, bf_mode="exact", input_size=config.size, amp="off")
     write_evaluation(result, out / "evaluation", {"model": str(out / "run" / "best.pt"), "split": "test"})
     print("3/3 segmenting 4 test images ...")
     for index in range(4):
         image, _ = test.load(index)
-        write_prediction(image, segment(model, image, normalization, config.size), meta, out / "predictions",
+        write_prediction(image, segment(model, image, normalization, config.size, amp="off"), meta, out / "predictions",
                          test.name_of(index))
     street = _segment_camvid_street(out / "street")
     print()
@@ -165,9 +163,10 @@ def _segment_camvid_street(out: Path) -> str | None:
     return written[-1].name  # the overlay
 
 
-# segnet_basic, paper-basic recipe, at reduced size and length: about a minute on 2 CPU cores
+# segnet_basic, paper-basic recipe, at reduced size and length: about a minute on 2 CPU cores;
+# fp32 in the default layout, so that the numbers are the same on every CPU (README quotes them)
 DEMO_OVERRIDES = {"dataset": "synthetic", "model": "segnet_basic", "epochs": 14, "batch_size": 8, "size": [48, 64],
-                  "val_every": 2, "device": "cpu", "seed": 0}
+                  "val_every": 2, "device": "cpu", "seed": 0, "amp": "off", "channels_last": False}
 
 
 def load_model(checkpoint: str | None, model_name: str | None, num_classes: int | None, device: str = "cpu"):
@@ -203,7 +202,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                          f"{list(dataset.meta.class_names)}; evaluate on the dataset it was trained for")
     result = evaluate(model, dataset, normalization, device=args.device, batch_size=args.batch_size,
                       bf_mode=None if args.bf == "none" else args.bf, bf_workers=args.workers, num_samples=args.samples,
-                      input_size=input_size)
+                      input_size=input_size, amp=args.amp)
     info = {"model": source, "split": args.split, "root": str(args.root) if args.root else None}
     written = write_evaluation(result, args.out, info)
     print(format_metrics_table(result.metrics))
@@ -234,7 +233,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     model, meta, normalization, input_size, _ = _model_for_inference(args)
     written, failures = predict_files(model, meta, normalization, args.inputs, args.out, input_size,
-                                      args.mc_samples, args.batch_size)
+                                      args.mc_samples, args.batch_size, amp=args.amp)
     for path, why in failures:
         print(f"segnet: skipped: {why}" if str(path) in why else f"segnet: skipped {path}: {why}", file=sys.stderr)
     images = len({p.name.split("_overlay")[0] for p in written if p.name.endswith("_overlay.png")})
@@ -348,6 +347,14 @@ def _model_source(parser: argparse.ArgumentParser, default_pretrained: str | Non
     source.add_argument("--model", help="an untrained model of this name instead (a baseline, or to try the pipeline)")
 
 
+def _amp_option(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    from .engine.precision import AMP_CHOICES
+
+    parser.add_argument("--amp", choices=AMP_CHOICES, default=default,
+                        help="bf16 autocast: auto (the default: bf16 on CUDA and on CPUs with avx512_bf16 or "
+                        "amx_bf16, where it is about twice as fast; fp32 elsewhere), bf16, or off (fp32)")
+
+
 def _checkpoint_path(args: argparse.Namespace) -> str | None:
     """--checkpoint, or the file of --pretrained (which may be a default); None for --model."""
     from .pretrained import pretrained_path
@@ -365,8 +372,9 @@ def _recipe_overrides(args: argparse.Namespace, keys: tuple[str, ...]) -> dict:
 
     overrides = dict(parse_override(text) for text in args.set or [])
     overrides.update({key: getattr(args, key) for key in keys if getattr(args, key, None) is not None})
-    if getattr(args, "size", None) is not None:
-        overrides["size"] = list(args.size)
+    for key in ("size", "crop"):
+        if getattr(args, key, None) is not None:
+            overrides[key] = list(getattr(args, key))
     return overrides
 
 
@@ -449,14 +457,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model name (default: segnet_basic)")
     p.add_argument("--dataset", help="camvid, sunrgbd, folder or synthetic (default: synthetic)")
     p.add_argument("--root", help="dataset folder or .pack file")
-    p.add_argument("--recipe", default="paper-basic", help="paper-basic (default), paper or modern")
+    p.add_argument("--recipe", help="paper-basic (default), paper or modern")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.csv, config.json)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from last.pt, exactly; a finished run is extended with a larger "
+                   "--epochs. Only --epochs, --lr, --device and --val-every may change (recorded in config.json)")
+    p.add_argument("--init-from", metavar="CKPT|NAME",
+                   help="start a new run from these weights: a checkpoint, or a shipped model's name (e.g. "
+                   "camvid_segnet_basic). Another class count re-initialises only the classifier")
     p.add_argument("--epochs", type=_positive_int, help="override the recipe's epochs")
     p.add_argument("--batch-size", type=_positive_int, help="global batch size")
     p.add_argument("--accumulate", type=_positive_int, help="micro-batches per step (same result, less memory)")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--size", type=_size, help="train at HEIGHTxWIDTH (default: the data's size)")
+    p.add_argument("--crop", type=_size, metavar="HxW",
+                   help="train on random HxW windows at native resolution (e.g. 180x240); validation on whole frames")
+    _amp_option(p, default=None)
     p.add_argument("--val-every", type=_positive_int, help="epochs between validations")
     p.add_argument("--encoder-weights", help="'imagenet' or a VGG16 state-dict path (VGG models)")
     p.add_argument("--seed", type=int, help="random seed (default: 0)")
@@ -481,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
     p.add_argument("--workers", type=int, help="processes scoring BF in the background (default: one per core)")
     p.add_argument("--samples", type=int, default=6, help="images shown in samples.png (default: 6)")
+    _amp_option(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="segment images: label PNGs, overlays, uncertainty maps",
@@ -494,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mc-samples", type=int, default=0, help="Monte Carlo dropout samples (Bayesian models)")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default: 4)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    _amp_option(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export to ONNX (dynamic batch and size) and check it in onnxruntime",
@@ -541,7 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--variants", nargs="+", choices=["eager", "folded", "channels_last", "bf16", "compile",
                                                      "onnxruntime"],
-                   help="default: eager folded channels_last onnxruntime (CPU); eager folded channels_last bf16 (CUDA)")
+                   help="default: eager folded channels_last, then bf16 on CUDA and on CPUs with native bf16 "
+                   "(avx512_bf16/amx_bf16), and onnxruntime on CPU")
     p.add_argument("--batch-sizes", type=_positive_int, nargs="+", help="default: 1 2 (CPU), 1 8 32 64 (CUDA)")
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats per measurement (default: 3)")
     p.add_argument("--out", help="write FILE.md and FILE.json")

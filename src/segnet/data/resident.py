@@ -25,6 +25,9 @@ class ResidentLoader:
         hflip: random horizontal flips, per sample.
         scale: random zoom range applied per batch (labels nearest neighbour, out-of-image
             pixels get ``ignore_index``); ``(1, 1)`` for none.
+        crop: ``(H, W)``: after flip and zoom, each sample is cut to a random window of this
+            size, drawn per sample (training at native resolution on a quarter of the
+            pixels); ``None`` for whole images.
         rank, world_size: for data-parallel training: every rank walks the same global
             batches of ``batch_size * world_size`` samples and takes its own contiguous slice
             (``batch_size`` samples), with the same flips and zoom as a single process
@@ -44,6 +47,7 @@ class ResidentLoader:
         drop_last: bool = False,
         hflip: bool = False,
         scale: tuple[float, float] = (1.0, 1.0),
+        crop: tuple[int, int] | None = None,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -52,7 +56,10 @@ class ResidentLoader:
             raise ValueError("images must be a uint8 (N, 3, H, W) tensor")
         if labels.shape != (images.shape[0], *images.shape[2:]):
             raise ValueError(f"labels {tuple(labels.shape)} do not match images {tuple(images.shape)}")
+        if crop is not None and (crop[0] > images.shape[2] or crop[1] > images.shape[3] or min(crop) < 1):
+            raise ValueError(f"crop {tuple(crop)} must fit in the {images.shape[2]}x{images.shape[3]} images")
         self.images, self.labels = images, labels
+        self.crop = tuple(crop) if crop is not None else None
         self.batch_size, self.mean, self.std = batch_size, mean, std
         self.ignore_index, self.shuffle, self.drop_last = ignore_index, shuffle, drop_last
         self.hflip, self.scale, self.seed = hflip, scale, seed
@@ -94,7 +101,20 @@ class ResidentLoader:
                 labels = torch.where(mine_flip.view(-1, 1, 1), labels.flip(-1), labels)
             if factor != 1.0:
                 images, labels = _zoom(images, labels, factor, self.ignore_index, generator)
+            if self.crop is not None:
+                images, labels = _crop(images, labels, self.crop, len(step), mine, generator)
             yield images, labels
+
+
+def _crop(images, labels, size, global_batch, mine, generator):
+    """A random ``size`` window per sample; offsets are drawn for the whole global batch
+    (the same draws on every rank) and this rank's ``mine`` taken."""
+    height, width = images.shape[-2:]
+    tops = torch.randint(0, height - size[0] + 1, (global_batch,), generator=generator)[mine].tolist()
+    lefts = torch.randint(0, width - size[1] + 1, (global_batch,), generator=generator)[mine].tolist()
+    images = torch.stack([image[:, t : t + size[0], l : l + size[1]] for image, t, l in zip(images, tops, lefts)])
+    labels = torch.stack([label[t : t + size[0], l : l + size[1]] for label, t, l in zip(labels, tops, lefts)])
+    return images, labels
 
 
 def _zoom(images, labels, factor, ignore_index, generator):

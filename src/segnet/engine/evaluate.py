@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..data import DatasetMeta, normalize
 from ..metrics import BoundaryF1, ConfusionMatrix, confusion_matrix, scores_from_confusion
+from .precision import autocast, precision_record, resolve_amp
 
 
 @dataclass
@@ -50,23 +51,25 @@ def normalize_and_resize(images: torch.Tensor, normalization: dict, input_size: 
 
 
 def predict_logits(model: nn.Module, images: torch.Tensor, normalization: dict,
-                   input_size: tuple[int, int] | None = None) -> torch.Tensor:
-    """uint8 ``(N, 3, H, W)`` on the model's device -> logits ``(N, K, H, W)``.
+                   input_size: tuple[int, int] | None = None, precision: str = "off") -> torch.Tensor:
+    """uint8 ``(N, 3, H, W)`` on the model's device -> fp32 logits ``(N, K, H, W)``.
 
     With ``input_size`` the images are resized to it for the network (a model trained at
     reduced size) and the logits resized back, so scores are always at full resolution.
+    ``precision``: ``"bf16"`` runs the network under bf16 autocast (see ``resolve_amp``).
     """
     x, size = normalize_and_resize(images, normalization, input_size)
-    logits = model(x)
+    with autocast(precision, x.device):
+        logits = model(x).float()
     if size is None:
         return logits
     return torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def predict_labels(model: nn.Module, images: torch.Tensor, normalization: dict,
-                   input_size: tuple[int, int] | None = None) -> torch.Tensor:
+                   input_size: tuple[int, int] | None = None, precision: str = "off") -> torch.Tensor:
     """uint8 ``(N, 3, H, W)`` on the model's device -> ``(N, H, W)`` class ids."""
-    return predict_logits(model, images, normalization, input_size).argmax(1)
+    return predict_logits(model, images, normalization, input_size, precision).argmax(1)
 
 
 def _batches(dataset, batch_size: int, num_workers: int):
@@ -94,6 +97,7 @@ def evaluate(
     num_samples: int = 6,
     loader_workers: int = 0,
     input_size: tuple[int, int] | None = None,
+    amp: str = "auto",
     progress: bool = True,
 ) -> Evaluation:
     """Evaluate ``model`` on every image of ``dataset`` (untransformed, full size).
@@ -101,12 +105,14 @@ def evaluate(
     The confusion matrix is accumulated on ``device``; BF (``bf_mode`` ``exact`` or
     ``fast``, ``None`` to skip) is scored in ``bf_workers`` background processes (default:
     one per core; 0 scores in this process) while the model runs on the next batch.
-    ``input_size``: run the network at this size (see ``predict_logits``).
+    ``input_size``: run the network at this size (see ``predict_logits``). ``amp``: auto
+    (bf16 on CUDA and on CPUs with native bf16), bf16 or off; metrics.json records what ran.
     """
     meta = dataset.meta
     if len(dataset) == 0:
         raise ValueError(f"the {meta.name} split to evaluate has no images")
     device = torch.device(device)
+    precision = resolve_amp(amp, device)
     was_training = model.training
     model.eval().to(device)
     confusion = ConfusionMatrix(meta.num_classes, meta.ignore_index)
@@ -123,7 +129,7 @@ def evaluate(
         with torch.inference_mode(), tqdm(total=len(dataset), desc="evaluating", unit="img", disable=not progress) as bar:
             for indices, images, labels in _batches(dataset, batch_size, loader_workers):
                 images, labels = images.to(device), labels.to(device)
-                preds = predict_labels(model, images, normalization, input_size)
+                preds = predict_labels(model, images, normalization, input_size, precision)
                 confusion.update(preds, labels)
                 if boundary is not None:
                     boundary.update(preds, labels)
@@ -159,6 +165,7 @@ def evaluate(
         "bf_images": bf["bf_images"] if bf else 0,
         "seconds": round(seconds, 2),
         "input_size": list(input_size) if input_size else None,
+        "runtime": precision_record(precision, device),
         "classes": [
             {"name": name, "accuracy": scores["class_accuracy"][c], "iou": scores["class_iou"][c],
              "bf_score": bf["class_bf_score"][c] if bf else None,

@@ -13,10 +13,14 @@ from torch import nn
 from ..data import DatasetMeta, load_image
 from ..files import atomic_path
 from .evaluate import predict_labels
+from .precision import autocast, resolve_amp
 
 
-def segment(model: nn.Module, image, normalization: dict, input_size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Class ids ``(H, W)`` for one image: a ``(3, H, W)`` uint8 tensor, a PIL image or a file path."""
+def segment(model: nn.Module, image, normalization: dict, input_size: tuple[int, int] | None = None,
+            amp: str = "auto") -> torch.Tensor:
+    """Class ids ``(H, W)`` for one image: a ``(3, H, W)`` uint8 tensor, a PIL image or a file path.
+
+    ``amp``: auto (bf16 on CUDA and on CPUs with native bf16), bf16 or off."""
     if isinstance(image, (str, os.PathLike)):
         image = load_image(image)
     elif isinstance(image, Image.Image):
@@ -28,7 +32,8 @@ def segment(model: nn.Module, image, normalization: dict, input_size: tuple[int,
     model.eval()
     try:
         with torch.inference_mode():
-            return predict_labels(model, image[None].to(device), normalization, input_size)[0].cpu()
+            return predict_labels(model, image[None].to(device), normalization, input_size,
+                                  resolve_amp(amp, device))[0].cpu()
     finally:
         model.train(was_training)
 
@@ -94,7 +99,7 @@ def uncertainty_png(variance: np.ndarray) -> Image.Image:
 
 def predict_files(model: nn.Module, meta: DatasetMeta, normalization: dict, inputs: list[str], out_dir,
                   input_size: tuple[int, int] | None = None, mc_samples: int = 0, batch_size: int = 4,
-                  progress: bool = True) -> tuple[list[Path], list[tuple[str, str]]]:
+                  progress: bool = True, amp: str = "auto") -> tuple[list[Path], list[tuple[str, str]]]:
     """Segment every input image; returns (written files, [(input, why it failed)]).
 
     Unreadable inputs are reported and skipped; the rest are still processed. Images of
@@ -116,6 +121,7 @@ def predict_files(model: nn.Module, meta: DatasetMeta, normalization: dict, inpu
     if not paths:
         raise ValueError(f"no images found in {' '.join(inputs)}")
     device = next(model.parameters()).device
+    precision = resolve_amp(amp, device)
     model.eval()
     stems: dict[str, int] = {}
     with tqdm(total=len(paths), desc="segmenting", unit="img", disable=not progress) as bar:
@@ -138,13 +144,15 @@ def predict_files(model: nn.Module, meta: DatasetMeta, normalization: dict, inpu
                         from .evaluate import normalize_and_resize
 
                         x, size = normalize_and_resize(images, normalization, input_size)
-                        mean, variance = mc_dropout_predict(model, x, mc_samples)
+                        with autocast(precision, device):
+                            mean, variance = mc_dropout_predict(model, x, mc_samples)
+                        mean, variance = mean.float(), variance.float()
                         if size is not None:
                             mean = torch.nn.functional.interpolate(mean, size=size, mode="bilinear")
                             variance = torch.nn.functional.interpolate(variance[:, None], size=size, mode="bilinear")[:, 0]
                         labels = mean.argmax(1)
                     else:
-                        labels = predict_labels(model, images, normalization, input_size)
+                        labels = predict_labels(model, images, normalization, input_size, precision)
                 for index, (path, image) in enumerate(group):
                     stem = path.stem
                     stems[stem] = stems.get(stem, 0) + 1

@@ -11,6 +11,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from .precision import AMP_CHOICES
+
 LOSS_NORMALIZATIONS = ("valid_pixels", "weights")
 
 
@@ -37,16 +39,22 @@ class TrainConfig:
     loss_normalization: str = "valid_pixels"  # valid_pixels (the original) | weights (PyTorch's mean)
     encoder_weights: str | None = None  # "imagenet" or a VGG16 state-dict path (VGG models only)
     size: list[int] | None = None  # [H, W] to train at (None: the data's own size)
+    crop: list[int] | None = None  # [H, W] random training windows (validation on whole frames)
     hflip: bool = False
     scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
     val_every: int = 10  # epochs between validations (and always after the last epoch)
     select_by: str = "global_accuracy"  # the validation score that picks best.pt
     bn_recompute: bool = True  # after training, recompute BN statistics of best.pt over the training set
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True  # on CUDA
+    amp: str = "auto"  # auto (bf16 on CUDA and CPUs with native bf16, else fp32) | bf16 | off
+    channels_last: bool = True
     compile: bool = False
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    init_from: str | None = None  # start from these weights: a checkpoint path or a shipped model's name
+
+    def __post_init__(self) -> None:
+        if isinstance(self.amp, bool):  # configurations written before amp had three values
+            self.amp = "auto" if self.amp else "off"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -80,6 +88,7 @@ _CHOICES = {
     "class_balancing": ("median_frequency", "natural"),
     "loss_normalization": LOSS_NORMALIZATIONS,
     "select_by": ("global_accuracy", "mean_accuracy", "mean_iou"),
+    "amp": AMP_CHOICES,
 }
 
 
@@ -126,7 +135,12 @@ def check_config(config: TrainConfig) -> None:
             raise ValueError(f"{key} must be a non-negative number, not {value!r}")
     if config.batch_size % config.accumulate:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by accumulate {config.accumulate}")
-    if config.size is not None and (len(config.size) != 2 or min(config.size) < 1):
-        raise ValueError(f"size must be [HEIGHT, WIDTH], not {config.size!r}")
+    for key in ("size", "crop"):
+        value = getattr(config, key)
+        if value is not None and (not isinstance(value, (list, tuple)) or len(value) != 2 or min(value) < 1):
+            raise ValueError(f"{key} must be [HEIGHT, WIDTH], not {value!r}")
+    if config.crop is not None and config.size is not None and (
+            config.crop[0] > config.size[0] or config.crop[1] > config.size[1]):
+        raise ValueError(f"crop {config.crop} must fit in the training size {config.size}")
     if len(config.scale) != 2 or not 0 < config.scale[0] <= config.scale[1]:
         raise ValueError(f"scale must be [low, high] with 0 < low <= high, not {config.scale!r}")

@@ -18,7 +18,7 @@ from ..report import percent, write_evaluation
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .evaluate import evaluate
 from .recipes import RECIPES, resolve_config
-from .train import TrainingError, train
+from .train import TrainingError, resume_config, train
 
 # Table 1 (CamVid, 360x480, median frequency balancing): G, C, mIoU, BF (percent)
 PAPER_TABLE1 = {
@@ -56,7 +56,8 @@ def reproduce(target: str, root: str | None, out_dir: str | os.PathLike, models:
             if not (run_dir / "last.pt").exists():
                 train(config, run_dir, progress=progress)
             elif load_checkpoint(run_dir / "last.pt")["epoch"] < config.epochs:  # an interrupted run
-                train(config, run_dir, resume=True, progress=progress)
+                resumed = resume_config(run_dir, {"epochs": config.epochs, "device": config.device})
+                train(resumed, run_dir, resume=True, progress=progress)
         except TrainingError as error:  # e.g. a diverging variant: report it, go on with the others
             print(f"{name}: {error}")
             # described as planned (epochs included): the error says where it stopped
@@ -87,6 +88,7 @@ def _describe_run(recipe: str, run_config: dict, epochs: int, dataset: str) -> d
     """Recipe, seed, epochs, size, whether the run is reduced scale, and how it departs from the recipe."""
     changes = {key: run_config[key] for key, value in RECIPES[recipe].items()
                if key != "epochs" and key in run_config and run_config[key] != value}
+    changes.update({key: run_config[key] for key in ("crop", "init_from") if run_config.get(key) is not None})
     reduced = run_config["size"] is not None or epochs < RECIPES[recipe]["epochs"] or dataset != "camvid"
     return {"recipe": recipe, "seed": run_config["seed"], "epochs": epochs, "input_size": run_config["size"],
             "reduced_scale": reduced, "recipe_changes": changes}

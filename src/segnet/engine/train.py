@@ -1,6 +1,7 @@
 """One readable training loop: single process, or data-parallel under torchrun.
 
-    run_dir/config.json        the resolved configuration
+    run_dir/config.json        the resolved configuration, what it ran on (precision, CPU
+                               flags or GPU) and every resume with the values it changed
     run_dir/class_weights.json the loss weights (median frequency balancing or ones)
     run_dir/last.pt, best.pt   checkpoints (atomic; best by the recipe's validation score)
     run_dir/metrics.csv        one row per epoch
@@ -17,6 +18,7 @@ import csv
 import logging
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -32,11 +34,15 @@ from ..files import atomic_path, write_json
 from ..metrics import ConfusionMatrix
 from ..models import create_model, model_info
 from .checkpoint import load_checkpoint, save_checkpoint, unwrap
+from .precision import autocast as autocast_context
+from .precision import precision_record, resolve_amp
 from .recipes import TrainConfig, check_config
 
 log = logging.getLogger("segnet")
-CSV_FIELDS = ["epoch", "step", "train_loss", "lr", "images_per_s", "seconds", "val_global_accuracy",
+CSV_FIELDS = ["epoch", "step", "train_loss", "lr", "images_per_s", "seconds", "hours", "val_global_accuracy",
               "val_mean_accuracy", "val_mean_iou"]
+# what may change when a run is continued: its length, its rate, where it runs, how often it validates
+RESUMABLE = ("epochs", "lr", "device", "val_every")
 
 
 class TrainingError(RuntimeError):
@@ -61,6 +67,66 @@ def _device(name: str, local_rank: int) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
     return device
+
+
+def resume_config(out_dir: str | os.PathLike, overrides: dict | None = None) -> TrainConfig:
+    """The configuration that continues the run in ``out_dir``: its own, with ``overrides``
+    applied. Only the ``RESUMABLE`` values may change; an override that repeats the run's
+    own value is accepted (the original command plus ``--resume`` works), any other
+    change is refused, by name."""
+    stored = load_checkpoint(Path(out_dir) / "last.pt")["config"]
+    config = TrainConfig(**{**stored, **(overrides or {})})
+    check_config(config)
+    resume_changes(stored, config, out_dir)
+    return config
+
+
+def resume_changes(stored: dict, config: TrainConfig, out_dir: str | os.PathLike = "the run") -> dict:
+    """``{key: [old, new]}`` for the resumable values ``config`` changes in the ``stored``
+    configuration; ValueError naming every other value it changes."""
+    before, after = TrainConfig(**stored).to_dict(), config.to_dict()
+    changed = {k: [before[k], after[k]] for k in after if before[k] != after[k]}
+    refused = sorted(k for k in changed if k not in RESUMABLE)
+    if refused:
+        flags = ", ".join(f"--{k.replace('_', '-')} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in refused)
+        raise ValueError(f"--resume continues {out_dir} with its own configuration; only "
+                         f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change, not {flags}. "
+                         f"To change anything else start a new run (another --out), e.g. with --init-from "
+                         f"{Path(out_dir) / 'last.pt'}")
+    return changed
+
+
+def load_initial_weights(model: nn.Module, source: str, model_name: str, num_classes: int) -> str:
+    """Load ``source`` (a checkpoint path, or a shipped model's name) into ``model``.
+
+    A checkpoint of another architecture is refused. When only the class count differs,
+    the classifier keeps its fresh initialisation and everything else is loaded. Returns
+    a sentence saying what was done.
+    """
+    from ..pretrained import PRETRAINED, pretrained_path
+
+    path = pretrained_path(source) if source in PRETRAINED and not Path(source).exists() else Path(source)
+    checkpoint = load_checkpoint(path)
+    if checkpoint["model"]["name"] != model_name:
+        raise ValueError(f"--init-from {path} holds a {checkpoint['model']['name']}, but this run trains a "
+                         f"{model_name}; choose a checkpoint of the same model (or --model "
+                         f"{checkpoint['model']['name']})")
+    own = model.state_dict()
+    theirs = checkpoint["state_dict"]
+    missing = sorted(set(own) - set(theirs))
+    if missing:
+        raise ValueError(f"--init-from {path} lacks {len(missing)} of this model's tensors ({', '.join(missing[:3])}"
+                         "...); it was not saved from this architecture")
+    old_classes = checkpoint["model"]["num_classes"]
+    reinit = [k for k in own if theirs[k].shape != own[k].shape]
+    if any(theirs[k].shape[0] != old_classes or own[k].shape[0] != num_classes for k in reinit):
+        raise ValueError(f"--init-from {path}: tensor shapes differ beyond the classifier "
+                         f"({', '.join(reinit[:3])}); it was not saved from this architecture")
+    model.load_state_dict({k: (own[k] if k in reinit else theirs[k]) for k in own})
+    if reinit:
+        return (f"weights from {path}; classifier ({', '.join(reinit)}) re-initialised: "
+                f"{old_classes} -> {num_classes} classes")
+    return f"weights from {path} (all {len(own)} tensors)"
 
 
 def load_split(config: TrainConfig, split: str, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, DatasetMeta]:
@@ -128,7 +194,7 @@ def validate(model, images, labels, meta: DatasetMeta, normalization: dict, batc
 
 
 @torch.no_grad()
-def recompute_bn_statistics(model: nn.Module, loader, device, world_size: int = 1) -> int:
+def recompute_bn_statistics(model: nn.Module, loader, device, world_size: int = 1, autocast=nullcontext) -> int:
     """The original's test-time BN: one pass over the training set in training mode, with
     each BN layer's statistics the plain average of the per-batch means and (unbiased)
     variances (PyTorch's ``momentum=None``). Returns the number of batches used."""
@@ -141,7 +207,8 @@ def recompute_bn_statistics(model: nn.Module, loader, device, world_size: int = 
     model.train()
     batches = 0
     for images, _ in loader:
-        model(images.to(device))
+        with autocast():
+            model(images.to(device))
         batches += 1
     model.train(was_training)
     for m, momentum in zip(layers, saved):
@@ -176,18 +243,23 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     """Train as ``config`` says, writing the run into ``out_dir``; returns a summary dict.
 
     ``resume=True`` continues from ``out_dir/last.pt`` (same configuration, same data
-    order and random state): the result equals an uninterrupted run.
+    order and random state): the result equals an uninterrupted run. ``config`` must then
+    be the run's own (``resume_config``), where only the ``RESUMABLE`` values may differ;
+    what changed is recorded in config.json. A finished run can be extended by giving a
+    larger ``epochs``. ``progress``: progress bars on a terminal; when stderr is not a
+    terminal (a log file) each epoch is one log line.
     """
     out = Path(out_dir)
     rank, world_size, local_rank = _distributed()
     device = _device(config.device, local_rank)
     check_config(config)
-    checkpoint = None
+    checkpoint, changes = None, {}
     if resume:
         checkpoint = load_checkpoint(out / "last.pt", map_location="cpu")
-        config = TrainConfig(**{**checkpoint["config"], "epochs": config.epochs, "device": config.device})
+        changes = resume_changes(checkpoint["config"], config, out)
     elif (out / "last.pt").exists():
         raise ValueError(f"{out} already holds a run (last.pt); continue it with --resume or choose another --out")
+    progress = progress and sys.stderr.isatty()
     per_rank, remainder = divmod(config.batch_size, world_size)
     if remainder or per_rank % config.accumulate:
         raise ValueError(f"batch_size {config.batch_size} must split evenly over {world_size} processes "
@@ -208,19 +280,22 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     weights = torch.tensor(balancing["weights"], dtype=torch.float32, device=device)
     loader = ResidentLoader(train_images.to(device), train_labels.to(device), per_rank, normalization["mean"],
                             normalization["std"], meta.ignore_index, shuffle=True, drop_last=True,
-                            hflip=config.hflip, scale=tuple(config.scale), seed=config.seed, rank=rank,
-                            world_size=world_size)
+                            hflip=config.hflip, scale=tuple(config.scale), crop=config.crop, seed=config.seed,
+                            rank=rank, world_size=world_size)
     if len(loader) == 0:
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_images)} training images")
 
     # model and optimiser
-    encoder = config.encoder_weights if checkpoint is None else None
-    model = create_model(config.model, meta.num_classes, encoder_weights=encoder).to(device)
-    cuda = device.type == "cuda"
-    if cuda and config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    encoder = config.encoder_weights if checkpoint is None and config.init_from is None else None
+    model = create_model(config.model, meta.num_classes, encoder_weights=encoder)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
+    elif config.init_from is not None:
+        log.info("starting from %s", load_initial_weights(model, config.init_from, config.model, meta.num_classes))
+    model = model.to(device)
+    cuda = device.type == "cuda"
+    if config.channels_last:  # faster convolutions on CUDA and on CPU (oneDNN), fp32 and bf16
+        model = model.to(memory_format=torch.channels_last)
     if world_size > 1:
         if cuda:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -231,25 +306,36 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
                                     weight_decay=config.weight_decay)
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and config.amp else nullcontext
+    precision = resolve_amp(config.amp, device)
+    runtime = precision_record(precision, device)
+    autocast = lambda: autocast_context(precision, device)  # noqa: E731 (a fresh context each use)
 
     start_epoch, step, history = 0, 0, []
     best = {"value": -1.0, "epoch": None}
+    segments = [{"start_epoch": 0, "runtime": runtime}]  # one per start or resume
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         start_epoch, step, history, best = checkpoint["epoch"], checkpoint["step"], checkpoint["history"], checkpoint["best"]
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if cuda and checkpoint["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
-        log.info("resuming %s after epoch %d (step %d)", out, start_epoch, step)
-    elif rank == 0:
-        write_json(out / "config.json", config.to_dict())
+        segments = checkpoint.get("segments", []) + [{"start_epoch": start_epoch, "runtime": runtime,
+                                                      "changed": changes}]
+        log.info("resuming %s after epoch %d (step %d)%s", out, start_epoch, step,
+                 "; changed: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()) if changes else "")
+    if rank == 0:
+        write_json(out / "config.json", {**config.to_dict(), "runtime": runtime, "segments": segments})
+    log.info("%s on %s in %s%s", config.model, device, "bf16 autocast" if precision == "bf16" else "fp32",
+             f" ({runtime['cpu']['model']}: {' '.join(runtime['cpu']['flags'])}, {runtime['threads']} threads)"
+             if "cpu" in runtime else "")
+    hours = (history[-1].get("hours") or sum(r["seconds"] for r in history) / 3600) if history else 0.0
 
     def save(name: str, epoch: int, metrics: dict | None) -> None:
         save_checkpoint(
             out / name, unwrap(model), config.model, meta, normalization,
             recipe=config.recipe, config=config.to_dict(), epoch=epoch, step=step, metrics=metrics,
             history=history, best=best, optimizer=optimizer.state_dict(), input_size=config.size,
+            segments=segments,
             rng={"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None},
         )
 
@@ -263,7 +349,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
             lr = _learning_rate(config, step, len(loader))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            if cuda and config.channels_last:
+            if config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             # normaliser of the whole global batch, so micro-batches and ranks add up exactly
             norm = _batch_normaliser(labels, weights, meta.ignore_index, config.loss_normalization)
@@ -297,7 +383,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
             bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_seen / (time.perf_counter() - epoch_start):.1f}")
         seconds = time.perf_counter() - epoch_start
         row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(norm_sum, 1), "lr": lr,
-               "images_per_s": round(images_seen / seconds, 2), "seconds": round(seconds, 2)}
+               "images_per_s": round(images_seen / seconds, 2), "seconds": round(seconds, 2), "hours": None}
         metrics = None
         if val_images is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
             metrics = validate(model, val_images, val_labels, meta, normalization, per_rank, device, autocast,
@@ -307,13 +393,15 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
                 best = {"value": metrics[config.select_by], "epoch": epoch + 1}
                 if rank == 0:
                     save("best.pt", epoch + 1, metrics)
+        hours += (time.perf_counter() - epoch_start) / 3600  # training and validation
+        row["hours"] = round(hours, 4)
         history.append(row)
         if rank == 0:
             save("last.pt", epoch + 1, metrics)
             _write_csv(out / "metrics.csv", history)
             val = f", val G {row['val_global_accuracy'] * 100:.1f} mIoU {row['val_mean_iou'] * 100:.1f}" if metrics else ""
-            log.info("epoch %d/%d: loss %.4f, %.1f img/s%s", epoch + 1, config.epochs, row["train_loss"],
-                     row["images_per_s"], val)
+            log.info("epoch %d/%d: loss %.4f, %.1f img/s, %.2f h%s", epoch + 1, config.epochs, row["train_loss"],
+                     row["images_per_s"], hours, val)
 
     summary = {"run_dir": str(out), "epochs": config.epochs, "best": best, "history": history}
     if config.bn_recompute and best["epoch"] is not None:
@@ -342,18 +430,22 @@ def _recompute_best(config, out, model, loader, val_images, val_labels, meta, no
     if world_size > 1:
         dist.barrier()  # rank 0 has written best.pt
     best_checkpoint = load_checkpoint(out / "best.pt", map_location=device)
+    keys = ("global_accuracy", "mean_accuracy", "mean_iou")
+    if best_checkpoint.get("bn_recomputed"):  # a resumed run whose best.pt has not changed since
+        before, after = best_checkpoint["metrics_running_bn"], best_checkpoint["metrics"]
+        return {"batches": None, "before": {k: before[k] for k in keys}, "after": {k: after[k] for k in keys}}
     plain = unwrap(model)
     plain.load_state_dict(best_checkpoint["state_dict"])
     before = best_checkpoint["metrics"]
     plain_loader = ResidentLoader(loader.images, loader.labels, per_rank, normalization["mean"], normalization["std"],
                                   meta.ignore_index, shuffle=False, drop_last=True, rank=rank, world_size=world_size)
-    batches = recompute_bn_statistics(plain, plain_loader, device, world_size)
+    batches = recompute_bn_statistics(plain, plain_loader, device, world_size, autocast)
     after = validate(plain, val_images, val_labels, meta, normalization, per_rank, device, autocast, rank, world_size)
-    result = {"batches": batches, "before": {k: before[k] for k in ("global_accuracy", "mean_accuracy", "mean_iou")},
-              "after": {k: after[k] for k in ("global_accuracy", "mean_accuracy", "mean_iou")}}
+    result = {"batches": batches, "before": {k: before[k] for k in keys}, "after": {k: after[k] for k in keys}}
     if rank == 0:
         extra = {k: v for k, v in best_checkpoint.items()
-                 if k not in ("format", "version", "model", "dataset", "normalization", "state_dict", "metrics")}
+                 if k not in ("format", "version", "model", "dataset", "normalization", "state_dict", "metrics",
+                              "metrics_running_bn", "bn_recomputed")}
         save_checkpoint(out / "best.pt", plain, config.model, meta, normalization, metrics=after,
                         metrics_running_bn=before, bn_recomputed=True, **extra)
         log.info("best.pt (epoch %s): BN statistics recomputed over %d training batches; val G %.1f -> %.1f, "

@@ -1,0 +1,81 @@
+"""Which arithmetic to run in: bf16 autocast where the hardware does it natively, fp32 elsewhere.
+
+``amp`` is one of ``auto`` (bf16 on CUDA and on CPUs with native bf16 instructions,
+fp32 elsewhere), ``bf16`` (always) or ``off`` (fp32). On a CPU with only AVX2, bf16 is
+emulated and slower than fp32, so ``auto`` must follow the hardware.
+"""
+
+from __future__ import annotations
+
+import platform
+from contextlib import nullcontext
+from functools import lru_cache
+
+import torch
+
+AMP_CHOICES = ("auto", "bf16", "off")
+# CPU instruction-set extensions that decide bf16/int8 speed; recorded with every measurement
+CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@lru_cache(maxsize=1)
+def cpu_description() -> dict:
+    """``{"model": ..., "flags": [...]}``: the CPU's name and its flags among ``CPU_FLAGS_OF_INTEREST``."""
+    model, flags = None, set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model is None:
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:  # not Linux: fall back to what PyTorch detected
+        capability = torch.backends.cpu.get_cpu_capability().lower()
+        flags = {"avx2"} | ({"avx512f"} if "avx512" in capability else set())
+    model = model or platform.processor() or platform.machine()
+    return {"model": model, "flags": [f for f in CPU_FLAGS_OF_INTEREST if f in flags]}
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU executes bf16 arithmetic natively (AVX512-BF16 or AMX)."""
+    return any(flag in cpu_description()["flags"] for flag in NATIVE_BF16_FLAGS)
+
+
+def resolve_amp(amp: str | bool | None, device: str | torch.device) -> str:
+    """``"bf16"`` or ``"off"``: what ``amp`` means on ``device``. ``True``/``False`` (older
+    configurations) read as ``auto``/``off``."""
+    if amp is True or amp is None:
+        amp = "auto"
+    elif amp is False:
+        amp = "off"
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_CHOICES)}, not {amp!r}")
+    if amp != "auto":
+        return amp
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "off"
+
+
+def autocast(precision: str, device: str | torch.device):
+    """A fresh context manager: bf16 autocast for ``precision == "bf16"``, else nothing."""
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def precision_record(precision: str, device: str | torch.device) -> dict:
+    """What a run or a measurement used, for config.json / metrics.json."""
+    device = torch.device(device)
+    record = {"precision": precision, "device": str(device)}
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        record["cpu"] = cpu_description()
+        record["threads"] = torch.get_num_threads()
+    return record

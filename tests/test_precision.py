@@ -1,0 +1,57 @@
+"""bf16 autocast follows the hardware: what `amp` resolves to, and bf16 inference on a CPU
+that has native bf16 agreeing with fp32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segnet import pretrained_path
+from segnet.data import build_dataset
+from segnet.engine import evaluate, model_from_checkpoint
+from segnet.engine.evaluate import predict_logits
+from segnet.engine.precision import cpu_description, cpu_has_native_bf16, resolve_amp
+from segnet.engine.recipes import TrainConfig, resolve_config
+from segnet.models import create_model
+
+NATIVE = cpu_has_native_bf16()
+needs_native_bf16 = pytest.mark.skipif(
+    not NATIVE, reason=f"this CPU ({cpu_description()['model']}: {' '.join(cpu_description()['flags'])}) has no "
+    "avx512_bf16/amx_bf16: bf16 would be emulated, and 'auto' rightly picks fp32 here")
+
+
+def test_amp_resolves_by_device_and_cpu_flags(monkeypatch):
+    import segnet.engine.precision as precision
+
+    assert resolve_amp("off", "cpu") == "off" and resolve_amp("bf16", "cpu") == "bf16"
+    assert resolve_amp("auto", "cuda") == "bf16"
+    assert resolve_amp("auto", "cpu") == ("bf16" if NATIVE else "off")
+    for flags, expected in ((["avx2"], "off"), (["avx2", "avx512_vnni"], "off"), (["avx2", "avx512_bf16"], "bf16"),
+                            (["amx_bf16"], "bf16")):
+        monkeypatch.setattr(precision, "cpu_description", lambda flags=flags: {"model": "x", "flags": flags})
+        assert resolve_amp("auto", "cpu") == expected, flags
+    assert resolve_amp(True, "cuda") == "bf16" and resolve_amp(False, "cuda") == "off"  # older configurations
+    with pytest.raises(ValueError, match="amp must be one of auto, bf16, off"):
+        resolve_amp("fp16", "cpu")
+    assert TrainConfig(amp=False).amp == "off" and TrainConfig(amp=True).amp == "auto"
+    with pytest.raises(ValueError, match="amp must be one of"):
+        resolve_config("paper-basic", {"amp": "yes"})
+    assert "flags" in cpu_description() and set(cpu_description()["flags"]) <= set(precision.CPU_FLAGS_OF_INTEREST)
+
+
+@needs_native_bf16
+def test_bf16_inference_agrees_with_fp32_on_a_native_bf16_cpu():
+    model, meta, normalization = model_from_checkpoint(pretrained_path("camvid_segnet_basic"))
+    dataset = build_dataset("synthetic", None, "test")
+    images = torch.stack([dataset.load(i)[0] for i in range(4)])
+    with torch.inference_mode():
+        fp32 = predict_logits(model, images, normalization, (120, 160), "off")
+        bf16 = predict_logits(model, images, normalization, (120, 160), "bf16")
+    assert bf16.dtype == torch.float32  # logits come back in fp32 either way
+    agreement = (fp32.argmax(1) == bf16.argmax(1)).float().mean()
+    assert agreement > 0.97, agreement
+    assert not torch.equal(fp32, bf16)  # it really ran in bf16
+    untrained = create_model("segnet_basic", dataset.meta.num_classes)  # evaluate records what ran
+    result = evaluate(untrained, dataset, normalization, bf_mode=None, amp="auto", progress=False)
+    assert result.metrics["runtime"]["precision"] == "bf16"
+    assert "avx512_bf16" in result.metrics["runtime"]["cpu"]["flags"] or "amx_bf16" in result.metrics["runtime"]["cpu"]["flags"]
