@@ -35,7 +35,9 @@ def test_recipes_carry_the_paper_protocols():
     assert basic.select_by == "global_accuracy" and basic.hflip is False and basic.encoder_weights is None
     paper = resolve_config("paper")
     assert (paper.lr, paper.weight_decay, paper.encoder_weights) == (1e-3, 5e-4, "imagenet")
-    assert set(RECIPES) == {"paper-basic", "paper", "modern"}
+    assert set(RECIPES) == {"paper-basic", "paper", "modern", "finetune"}
+    finetune = resolve_config("finetune")
+    assert finetune.crop == [180, 240] and finetune.encoder_lr_scale == 0.1 and finetune.encoder_weights == "imagenet"
     overridden = resolve_config("paper", {"lr": 0.01, "scale": [0.5, 2.0], "encoder_weights": None})
     assert overridden.lr == 0.01 and overridden.scale == [0.5, 2.0] and overridden.encoder_weights is None
     assert parse_override("scale=[0.5,2]") == ("scale", [0.5, 2]) and parse_override("device=cuda:1") == ("device", "cuda:1")
@@ -322,3 +324,47 @@ def test_progress_in_a_log_file_is_one_line_per_epoch(tmp_path):
     epochs = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
     assert [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
     assert "h, val G" in epochs[-1]
+
+
+def test_validation_can_use_bn_statistics_recomputed_on_training_frames(tmp_path):
+    from segnet.data import ResidentLoader
+    from segnet.engine.precision import autocast, resolve_amp
+    from segnet.engine.recipes import TrainConfig
+    from segnet.engine.train import load_split
+
+    config = resolve_config("paper-basic", {**TINY, "epochs": 1, "crop": [24, 32], "val_bn_images": 16,
+                                            "bn_recompute": False})
+    train(config, tmp_path, progress=False)
+    model, meta, normalization = model_from_checkpoint(tmp_path / "last.pt")
+    saved = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    # the same pass by hand: 16 whole training frames, evenly spread, the run's batch size and precision
+    images, labels, _ = load_split(TrainConfig(**TINY), "train", progress=False)
+    index = torch.linspace(0, len(images) - 1, 16).round().long()
+    subset = ResidentLoader(images[index], labels[index], 8, normalization["mean"], normalization["std"], 255,
+                            shuffle=False)
+    model = model.to(memory_format=torch.channels_last)
+    precision = resolve_amp("auto", "cpu")
+    recompute_bn_statistics(model, subset, "cpu", autocast=lambda: autocast(precision, "cpu"))
+    for key, value in model.state_dict().items():
+        if "running" in key:
+            assert torch.allclose(value, saved[key], rtol=1e-4, atol=1e-5), key
+    assert not torch.equal(saved["encoder.stages.0.1.running_mean"], torch.zeros(64))
+    with pytest.raises(ValueError, match="val_bn_images must be a non-negative integer"):
+        resolve_config("paper-basic", {"val_bn_images": -1})
+
+
+def test_encoder_lr_scale_puts_the_encoder_in_its_own_slower_group(tmp_path):
+    from segnet.engine.train import parameter_groups
+    from segnet.models import create_model
+
+    model = create_model("segnet", 5)
+    encoder, rest = parameter_groups(model, 0.1)
+    assert encoder["lr_scale"] == 0.1 and rest["lr_scale"] == 1.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)].split(".")[0] for p in encoder["params"]} == {"encoders"}
+    assert len(encoder["params"]) + len(rest["params"]) == len(list(model.parameters()))
+    assert len(parameter_groups(model)) == 1
+    train(resolve_config("paper-basic", {**TINY, "epochs": 1, "encoder_lr_scale": 0.1, "bn_recompute": False}),
+          tmp_path, progress=False)
+    groups = load_checkpoint(tmp_path / "last.pt")["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.1])

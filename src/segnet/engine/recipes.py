@@ -31,6 +31,7 @@ class TrainConfig:
     accumulate: int = 1  # micro-batches per optimiser step (same result, less memory)
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.1
+    encoder_lr_scale: float = 1.0  # the encoder's rate is lr times this (below 1 for a pretrained encoder)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "constant"  # constant | cosine (per step, after linear warm-up)
@@ -43,6 +44,7 @@ class TrainConfig:
     hflip: bool = False
     scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
     val_every: int = 10  # epochs between validations (and always after the last epoch)
+    val_bn_images: int = 0  # >0: recompute BN statistics over this many training frames before each validation
     select_by: str = "global_accuracy"  # the validation score that picks best.pt
     bn_recompute: bool = True  # after training, recompute BN statistics of best.pt over the training set
     amp: str = "auto"  # auto (bf16 on CUDA and CPUs with native bf16, else fp32) | bf16 | off
@@ -80,6 +82,16 @@ RECIPES: dict[str, dict] = {
                    schedule="cosine", warmup_epochs=5, class_balancing="median_frequency",
                    loss_normalization="valid_pixels", hflip=True, scale=[0.75, 1.5], val_every=10,
                    select_by="mean_iou", bn_recompute=False),
+    # A pretrained (ImageNet) encoder on CamVid's 367 images, on CPU budgets: SGD with the
+    # decoder at 0.01 and the encoder at a tenth of that (the rate a fresh decoder needs
+    # would disturb the pretrained filters), 1 epoch of warm-up then cosine decay, flips
+    # and mild zoom on 180x240 crops at native resolution, MFB, best by validation mIoU
+    # with BN statistics recomputed on 48 training frames before each validation. A
+    # departure from the paper, which trains every layer at 1e-3 on 3,433 images.
+    "finetune": dict(optimizer="sgd", lr=0.01, encoder_lr_scale=0.1, momentum=0.9, weight_decay=5e-4, batch_size=8,
+                     epochs=60, schedule="cosine", warmup_epochs=1, class_balancing="median_frequency",
+                     loss_normalization="valid_pixels", encoder_weights="imagenet", hflip=True, scale=[0.75, 1.25],
+                     crop=[180, 240], val_every=3, val_bn_images=48, select_by="mean_iou", bn_recompute=True),
 }
 
 _CHOICES = {
@@ -129,10 +141,12 @@ def check_config(config: TrainConfig) -> None:
         value = getattr(config, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{key} must be a positive integer, not {value!r}")
-    for key in ("lr", "momentum", "weight_decay", "warmup_epochs"):
+    for key in ("lr", "momentum", "weight_decay", "warmup_epochs", "encoder_lr_scale"):
         value = getattr(config, key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{key} must be a non-negative number, not {value!r}")
+    if not isinstance(config.val_bn_images, int) or isinstance(config.val_bn_images, bool) or config.val_bn_images < 0:
+        raise ValueError(f"val_bn_images must be a non-negative integer, not {config.val_bn_images!r}")
     if config.batch_size % config.accumulate:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by accumulate {config.accumulate}")
     for key in ("size", "crop"):

@@ -42,7 +42,7 @@ log = logging.getLogger("segnet")
 CSV_FIELDS = ["epoch", "step", "train_loss", "lr", "images_per_s", "seconds", "hours", "val_global_accuracy",
               "val_mean_accuracy", "val_mean_iou"]
 # what may change when a run is continued: its length, its rate, where it runs, how often it validates
-RESUMABLE = ("epochs", "lr", "device", "val_every")
+RESUMABLE = ("epochs", "lr", "device", "val_every", "val_bn_images")
 
 
 class TrainingError(RuntimeError):
@@ -220,6 +220,19 @@ def recompute_bn_statistics(model: nn.Module, loader, device, world_size: int = 
     return batches
 
 
+def parameter_groups(model: nn.Module, encoder_lr_scale: float = 1.0) -> list[dict]:
+    """One group, or with ``encoder_lr_scale != 1`` the encoder (``encoders.*``/``encoder.*``
+    parameters, e.g. ImageNet VGG16) in a group whose rate is scaled by it."""
+    named = list(unwrap(model).named_parameters())
+    if encoder_lr_scale == 1.0:
+        return [{"params": [p for _, p in named]}]
+    encoder = [p for n, p in named if n.split(".")[0] in ("encoders", "encoder")]
+    if not encoder:
+        raise ValueError("encoder_lr_scale needs a model with an encoder (encoders.* parameters)")
+    rest = [p for n, p in named if n.split(".")[0] not in ("encoders", "encoder")]
+    return [{"params": encoder, "lr_scale": encoder_lr_scale}, {"params": rest, "lr_scale": 1.0}]
+
+
 def _learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     warmup = config.warmup_epochs * steps_per_epoch
     if warmup and step < warmup:
@@ -302,10 +315,11 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     step_model = torch.compile(model) if config.compile else model
     if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
+        optimizer = torch.optim.SGD(parameter_groups(model, config.encoder_lr_scale), lr=config.lr,
+                                    momentum=config.momentum, weight_decay=config.weight_decay)
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(parameter_groups(model, config.encoder_lr_scale), lr=config.lr,
+                                      weight_decay=config.weight_decay)
     precision = resolve_amp(config.amp, device)
     runtime = precision_record(precision, device)
     autocast = lambda: autocast_context(precision, device)  # noqa: E731 (a fresh context each use)
@@ -348,7 +362,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         for images, labels in bar:
             lr = _learning_rate(config, step, len(loader))
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             if config.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             # normaliser of the whole global batch, so micro-batches and ranks add up exactly
@@ -386,6 +400,9 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
                "images_per_s": round(images_seen / seconds, 2), "seconds": round(seconds, 2), "hours": None}
         metrics = None
         if val_images is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
+            if config.val_bn_images:
+                _recompute_bn_on_subset(model, loader, config.val_bn_images, per_rank, normalization, meta, device,
+                                        autocast, rank, world_size)
             metrics = validate(model, val_images, val_labels, meta, normalization, per_rank, device, autocast,
                                rank, world_size)
             row.update({f"val_{k}": metrics[k] for k in ("global_accuracy", "mean_accuracy", "mean_iou")})
@@ -422,6 +439,19 @@ def _batch_normaliser(labels, weights, ignore_index: int, normalization: str) ->
     if normalization == "valid_pixels":
         return valid.sum().float()
     return weights[labels[valid]].sum().float()
+
+
+def _recompute_bn_on_subset(model, loader, count: int, per_rank: int, normalization, meta, device, autocast,
+                            rank: int, world_size: int) -> None:
+    """BN statistics recomputed over ``count`` whole training frames, evenly spread, before a
+    validation. Training uses batch statistics, so replacing the running ones costs it
+    nothing; at lr 0.1 the running averages lag the weights so far that validating with
+    them says little (CamVid SegNet-Basic, 180x240 crops: val G 4% with them, 41% after this)."""
+    index = torch.linspace(0, len(loader.images) - 1, min(count, len(loader.images))).round().long().unique()
+    subset = ResidentLoader(loader.images[index.to(loader.images.device)], loader.labels[index.to(loader.labels.device)],
+                            per_rank, normalization["mean"], normalization["std"], meta.ignore_index, shuffle=False,
+                            drop_last=False, rank=rank, world_size=world_size)
+    recompute_bn_statistics(unwrap(model), subset, device, world_size, autocast)
 
 
 def _recompute_best(config, out, model, loader, val_images, val_labels, meta, normalization, per_rank, device,
