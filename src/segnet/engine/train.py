@@ -416,6 +416,10 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         if rank == 0:
             save("last.pt", epoch + 1, metrics)
             _write_csv(out / "metrics.csv", history)
+            if metrics is not None:  # a picture to follow a long run by
+                from ..report import training_curves
+
+                training_curves(history, out / "training_curves.png")
             val = f", val G {row['val_global_accuracy'] * 100:.1f} mIoU {row['val_mean_iou'] * 100:.1f}" if metrics else ""
             log.info("epoch %d/%d: loss %.4f, %.1f img/s, %.2f h%s", epoch + 1, config.epochs, row["train_loss"],
                      row["images_per_s"], hours, val)
