@@ -183,3 +183,18 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert picture.shape[:2] == (1800, 1200)
     # the page drew text, tables and the embedded pictures: many distinct colours, not a blank page
     assert len(np.unique(picture.reshape(-1, 3), axis=0)) > 100
+
+
+def test_curves_by_hours_draws_one_line_per_run_from_metrics_rows(tmp_path):
+    from PIL import Image
+
+    from segnet.report import curves_by_hours
+
+    rows = [{"hours": "0.5", "val_mean_iou": "0.2"}, {"hours": "1.0", "val_mean_iou": ""},  # an epoch not validated
+            {"hours": "1.5", "val_mean_iou": "0.35"}]
+    path = curves_by_hours({"a": rows, "b": rows[:1]}, tmp_path / "c.png", targets={"paper": 47.7})
+    image = np.asarray(Image.open(path).convert("RGB"))
+    assert image.shape[0] > 200 and image.shape[1] > 300
+    # matplotlib's first two line colours (C0 blue, C1 orange) are both drawn
+    for colour in ((31, 119, 180), (255, 127, 14)):
+        assert (np.abs(image.astype(int) - colour).sum(-1) < 30).sum() > 20, colour

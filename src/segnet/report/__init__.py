@@ -1,7 +1,7 @@
 """Tables, pictures and the HTML page made from results. Imports data (for metadata) only."""
 
 from .evaluation import format_metrics_table, percent, write_evaluation
-from .plots import class_iou_bars, colorize, confusion_heatmap, sample_grid, training_curves
+from .plots import class_iou_bars, colorize, confusion_heatmap, curves_by_hours, sample_grid, training_curves
 
-__all__ = ["class_iou_bars", "colorize", "confusion_heatmap", "format_metrics_table", "percent", "sample_grid",
+__all__ = ["class_iou_bars", "colorize", "confusion_heatmap", "curves_by_hours", "format_metrics_table", "percent", "sample_grid",
            "training_curves", "write_evaluation"]

@@ -113,3 +113,24 @@ def training_curves(epochs: list[dict], path: Path) -> Path:
     for ax in (left, right):
         ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def curves_by_hours(runs: dict[str, list[dict]], path: Path, key: str = "val_mean_iou",
+                    targets: dict[str, float] | None = None, title: str = "") -> Path:
+    """One validation score against cumulative wall-clock hours, one line per run
+    (``runs``: name -> metrics.csv rows), with dashed horizontal ``targets`` (percent)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, rows in runs.items():
+        points = [(float(r["hours"]), float(r[key]) * 100) for r in rows
+                  if r.get(key) not in (None, "") and r.get("hours") not in (None, "")]
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3, label=name)
+    for label, value in (targets or {}).items():
+        ax.axhline(value, linestyle="--", color="grey", linewidth=1)
+        ax.annotate(label, (0, value), textcoords="offset points", xytext=(4, 3), fontsize=8, color="grey")
+    ax.set_xlabel("wall-clock hours (training and validation)")
+    ax.set_ylabel(f"{key.replace('val_', 'validation ').replace('_', ' ')} (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
