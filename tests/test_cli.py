@@ -73,5 +73,8 @@ def test_data_check_and_pack(capsys, tmp_path):
     assert main(["data", "pack", "--dataset", "synthetic", "--splits", "val", "--out", str(out)]) == 0
     assert out.is_file()
     assert main(["data", "check", "--dataset", "synthetic", "--root", str(out), "--splits", "val"]) == 0
-    assert main(["data", "check", "--dataset", "camvid", "--root", str(tmp_path / "nowhere")]) == 1
-    assert "CamVid root folder not found" in capsys.readouterr().out
+    assert main(["data", "check", "--dataset", "camvid", "--root", str(tmp_path / "nowhere")]) == 3
+    assert "nowhere: no such dataset folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()  # a folder that is there but holds no CamVid: a problem per split
+    assert main(["data", "check", "--dataset", "camvid", "--root", str(tmp_path / "empty")]) == 1
+    assert "not found" in capsys.readouterr().out

@@ -149,7 +149,7 @@ def test_cli_evaluate_checkpoint_and_errors(tmp_path, capsys):
     ckpt = save_checkpoint(tmp_path / "best.pt", create_model("segnet_basic", 6), "segnet_basic", SYNTHETIC_META, RAW)
     assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "e"), "--bf", "none"]) == 0
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["mean_bf_score"] is None
-    assert main(["evaluate", "--out", str(tmp_path / "x")]) == 1
+    assert main(["evaluate", "--out", str(tmp_path / "x")]) == 2
     assert "--checkpoint" in capsys.readouterr().err
 
 

@@ -75,7 +75,9 @@ def test_predict_files_folders_globs_failures_and_uncertainty(tmp_path):
                                       tmp_path / "out", mc_samples=3, progress=False)
     assert [f[0] for f in failures] == [str(folder / "broken.png")] and "cannot be read" in failures[0][1]
     names = sorted(p.name for p in written)
-    assert "img0_2.png" in names  # the same file twice (folder and glob) is kept twice
+    # the same file twice (folder and glob) is kept twice, under unique names
+    assert {"in__img0.png", "in__img0__2.png", "in__img0_overlay.png", "in__img0__2_overlay.png"} <= set(names)
+    assert len(names) == len(set(names)) == 4 * 3 and all((tmp_path / "out" / n).is_file() for n in names)
     assert {"img1.png", "img1_overlay.png", "img1_uncertainty.png", "img2.png"} <= set(names)
     heat = np.array(Image.open(tmp_path / "out" / "img2_uncertainty.png"))
     assert heat.shape == (25, 33, 3) and heat.std() > 0
@@ -108,6 +110,11 @@ def test_onnx_export_matches_pytorch(tmp_path, name, index_free):
     proto = onnx.load(str(tmp_path / "m.onnx"))
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["batchnorm_folded"] == "true" and meta["index_free"] == str(index_free).lower()
+    floor = 9 if name == "segnet_basic" else 17  # 4 or 5 poolings, two pixels each at the deepest
+    assert json.loads(meta["min_input_size"]) == [floor, floor]
+    with pytest.raises(ValueError, match=f"below the smallest input this model accepts \\({floor}x{floor}"):
+        export_onnx(model, tmp_path / "small.onnx", sizes=[(360, 480), (floor - 1, 40)])
+    assert not (tmp_path / "small.onnx").exists()
     ops = {node.op_type for node in proto.graph.node}
     assert "BatchNormalization" not in ops
     if index_free:  # no pooling indices anywhere in the graph

@@ -119,6 +119,20 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
                if v.is_floating_point())
 
 
+def test_a_loss_that_explodes_but_stays_finite_stops_the_run(tmp_path):
+    # lr 5 makes SegNet-Basic diverge within a few steps; the loss stays finite for a while
+    config = resolve_config("paper-basic", {**TINY, "epochs": 3, "bn_recompute": False, "lr": 5.0})
+    with pytest.raises(TrainingError, match=r"times the first step's .*training diverged.*--lr, now 5"):
+        train(config, tmp_path, progress=False)
+    assert not (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()
+    # nothing to resume: --resume says so, and a fresh start in the same folder is allowed
+    with pytest.raises(FileNotFoundError, match="no checkpoint yet.*without --resume"):
+        train(config, tmp_path, resume=True, progress=False)
+    summary = train(resolve_config("paper-basic", {**TINY, "epochs": 1, "bn_recompute": False}), tmp_path,
+                    progress=False)
+    assert summary["history"][0]["epoch"] == 1
+
+
 def _train_command(out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "segnet", "train", "--out", str(out), "--size", "32x48", "--batch-size", "8",
             "--val-every", "1", "--device", "cpu", *extra]
@@ -186,12 +200,12 @@ def test_two_process_gloo_run_equals_one_process(tmp_path):
 
 
 def test_cli_train_errors(tmp_path, capsys):
-    assert main(["train", "--out", str(tmp_path / "r"), "--set", "nonsense=1"]) == 1
+    assert main(["train", "--out", str(tmp_path / "r"), "--set", "nonsense=1"]) == 2
     assert "unknown training option" in capsys.readouterr().err
-    assert main(["train", "--out", str(tmp_path / "r"), "--set", "lr"]) == 1
+    assert main(["train", "--out", str(tmp_path / "r"), "--set", "lr"]) == 2
     assert "key=value" in capsys.readouterr().err
-    assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 1
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 3
+    assert "no such run folder to --resume" in capsys.readouterr().err
 
 
 def test_demo_wiring(tmp_path, monkeypatch, capsys):
@@ -286,10 +300,10 @@ def test_resume_extends_finished_runs_exactly_with_crops_and_recorded_changes(tm
     assert float(rows[2]["hours"]) > float(rows[1]["hours"]) > 0
     capsys.readouterr()
     # anything else is refused by name; repeating the run's own value is accepted
-    assert main(["train", "--out", str(extended), "--resume", "--batch-size", "4", "--crop", "16x16"]) == 1
+    assert main(["train", "--out", str(extended), "--resume", "--batch-size", "4", "--crop", "16x16"]) == 2
     err = capsys.readouterr().err
     assert "--batch-size (8 -> 4)" in err and "--crop ([24, 32] -> [16, 16])" in err and "--init-from" in err
-    assert main(["train", "--out", str(extended), "--resume", "--recipe", "modern"]) == 1
+    assert main(["train", "--out", str(extended), "--resume", "--recipe", "modern"]) == 2
     assert "--recipe ('paper-basic' -> 'modern')" in capsys.readouterr().err
     assert main(["train", "--out", str(extended), "--resume", "--batch-size", "8", "--epochs", "3"]) == 0
 

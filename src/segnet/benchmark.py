@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .engine.precision import autocast, cpu_description, resolve_amp
+from .engine.precision import autocast, check_device, cpu_description, resolve_amp
 from .export.fold import fold_batchnorm
 from .models import MODELS, count_parameters, create_model
 
@@ -195,7 +195,7 @@ def run_benchmark(models=None, size=(360, 480), device="cpu", variants=None, bat
     """Benchmark several models; the result holds the machine's matmul peak too."""
     from tqdm import tqdm
 
-    device = torch.device(device)
+    device = check_device(device)
     cuda = device.type == "cuda"
     # bf16 by default where the hardware runs it natively (on an AVX2-only CPU it is emulated, slow)
     variants = variants or (("eager", "folded", "channels_last")

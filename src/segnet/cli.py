@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-EPILOG = "Run 'segnet COMMAND --help' for a command's options. Docs: README.md, docs/."
+EPILOG = """Run 'segnet COMMAND --help' for a command's options. Docs: README.md, docs/.
+
+exit status: 0 done; 1 the work failed part-way (training stopped, some images not
+segmented); 2 bad input (an option, a value, a file's content, a path that cannot be
+used); 3 a file or folder not found; 4 an internal error (a bug: please report it with
+the output of --debug); 130 interrupted. --debug shows the full traceback."""
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -173,11 +180,13 @@ def load_model(checkpoint: str | None, model_name: str | None, num_classes: int 
     """``(model, meta or None, normalization, input size or None, description)`` from a
     checkpoint, or an untrained model of a registered name."""
     from .engine import load_checkpoint, model_from_checkpoint
+    from .engine.precision import check_device
     from .models import create_model, model_info
 
+    device = check_device(device)  # before loading: a bad device is not a bad checkpoint
     if checkpoint:
         payload = load_checkpoint(checkpoint, device)
-        model, meta, normalization = model_from_checkpoint(payload, device)
+        model, meta, normalization = model_from_checkpoint(payload, device, source=checkpoint)
         return model, meta, normalization, payload.get("input_size"), checkpoint
     if num_classes is None:
         raise ValueError("give --checkpoint, or --model for an untrained model")
@@ -236,8 +245,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                       args.mc_samples, args.batch_size, amp=args.amp)
     for path, why in failures:
         print(f"segnet: skipped: {why}" if str(path) in why else f"segnet: skipped {path}: {why}", file=sys.stderr)
-    images = len({p.name.split("_overlay")[0] for p in written if p.name.endswith("_overlay.png")})
-    print(f"{images} image(s) segmented, {len(failures)} failed; {len(written)} files in {args.out} "
+    on_disk = {p for p in written if p.is_file()}  # what is really there (names are unique per input)
+    images = sum(1 for p in on_disk if p.name.endswith("_overlay.png"))
+    print(f"{images} image(s) segmented, {len(failures)} failed; {len(on_disk)} files in {args.out} "
           "(NAME.png: class ids with the palette; NAME_overlay.png; NAME_uncertainty.png with --mc-samples)")
     return 1 if failures else 0
 
@@ -307,6 +317,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from .data import build_dataset
     from .data.check import check_dataset, format_reports
 
+    if args.root and not Path(args.root).exists():  # one clear line, not the same problem per split
+        raise FileNotFoundError(f"{args.root}: no such dataset folder or pack file; check --root")
     splits = args.splits or (["train", "val", "test"] if args.dataset != "sunrgbd" else ["train", "test"])
     reports = check_dataset(lambda split: build_dataset(args.dataset, args.root, split), splits)
     print(format_reports(reports))
@@ -330,6 +342,9 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
     if args.name != "camvid":
         raise ValueError(f"only 'camvid' can be downloaded; {args.name} must be fetched by hand")
+    from .files import check_output
+
+    check_output(args.root, "folder", "--root")
     path = download_camvid(args.root, url=args.url or CAMVID_URL, sha256=args.sha256)
     print(f"CamVid is in {path}")
     return 0
@@ -393,10 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="segnet",
         description="SegNet in PyTorch: the paper's models, data, metrics, training, evaluation and deployment.",
-        epilog=EPILOG,
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"segnet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="print debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("models", help="list the registered models with their parameter counts",
@@ -437,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file, e.g. packed/camvid.pack")
     p.add_argument("--lossless", action="store_true", help="store images as PNG (about 2.5x larger)")
     p.add_argument("--quality", type=_positive_int, default=95, help="JPEG quality (default: 95)")
-    p.set_defaults(func=cmd_data_pack)
+    p.set_defaults(func=cmd_data_pack, out_kind="file")
     p = data_sub.add_parser("download", help="download CamVid (SegNet release)",
                             description="Download the SegNet-release CamVid into ROOT/CamVid: resumable, verified, "
                             "nothing half-written left behind.")
@@ -447,21 +463,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sha256", help="expected sha256 of the archive")
     p.set_defaults(func=cmd_data_download)
 
-    p = sub.add_parser("train", help="train a model with a recipe (paper-basic, paper, modern)",
-                       description="Train a model. Recipes: paper-basic (Table 1: SGD 0.1, batch 12, MFB), paper "
-                       "(SegNet: SGD 1e-3, wd 5e-4, batch 5, ImageNet VGG16 encoder, MFB), modern (AdamW, cosine, "
-                       "flips and scale). Any recipe value can be overridden with --set key=value; the resolved "
-                       "configuration is written to OUT/config.json. Multi-GPU: torchrun --nproc-per-node N "
-                       "-m segnet train ... (batch size is global).",
+    from .engine.recipes import RECIPES, RESUMABLE, describe_recipe
+
+    p = sub.add_parser("train", help=f"train a model with a recipe ({', '.join(RECIPES)})",
+                       description="Train a model. Recipes: " + "; ".join(map(describe_recipe, RECIPES)) + ". Any "
+                       "recipe value can be overridden with --set key=value; the resolved configuration is written "
+                       "to OUT/config.json. Multi-GPU: torchrun --nproc-per-node N -m segnet train ... (batch size "
+                       "is global).",
                        epilog="options for --set: " + ", ".join(_train_options()))
     p.add_argument("--model", help="model name (default: segnet_basic)")
     p.add_argument("--dataset", help="camvid, sunrgbd, folder or synthetic (default: synthetic)")
     p.add_argument("--root", help="dataset folder or .pack file")
-    p.add_argument("--recipe", help="paper-basic (default), paper or modern")
+    p.add_argument("--recipe", help=f"one of {', '.join(RECIPES)} (default: paper-basic)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.csv, config.json)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from last.pt, exactly; a finished run is extended with a larger "
-                   "--epochs. Only --epochs, --lr, --device and --val-every may change (recorded in config.json)")
+                   "--epochs. Only " + ", ".join("--" + k.replace("_", "-") for k in RESUMABLE) + " may change "
+                   "(recorded in config.json)")
     p.add_argument("--init-from", metavar="CKPT|NAME",
                    help="start a new run from these weights: a checkpoint, or a shipped model's name (e.g. "
                    "camvid_segnet_basic). Another class count re-initialises only the classifier")
@@ -480,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any recipe value, e.g. --set weight_decay=0 --set scale=[0.5,2] (repeatable)")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, out_kind="folder")
 
     p = sub.add_parser("evaluate", help="score a model on a split: G, C, mIoU, BF, report",
                        description="Run a model over a dataset split and write metrics.json, class_metrics.csv, "
@@ -498,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="processes scoring BF in the background (default: one per core)")
     p.add_argument("--samples", type=int, default=6, help="images shown in samples.png (default: 6)")
     _amp_option(p)
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, out_kind="folder")
 
     p = sub.add_parser("predict", help="segment images: label PNGs, overlays, uncertainty maps",
                        description="Segment image files, folders and globs. Writes per input NAME.png (palette PNG "
@@ -512,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default: 4)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     _amp_option(p)
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, out_kind="folder")
 
     p = sub.add_parser("export", help="export to ONNX (dynamic batch and size) and check it in onnxruntime",
                        description="Export a model to ONNX with torch.onnx.export(dynamo=True), batch norm folded, "
@@ -525,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-sizes", type=_size, nargs="+", default=[(360, 480), (45, 61)],
                    help="HxW sizes to check in onnxruntime (default: 360x480 45x61)")
     p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=cmd_export, out_kind="file")
 
     p = sub.add_parser("reproduce", help="train and test the paper's CamVid models; table paper vs ours",
                        description="table1: the eight Table 1 models with the paper-basic recipe; segnet: SegNet "
@@ -547,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu, cuda")
     p.add_argument("--seed", type=int, help="random seed (default: 0)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other recipe override")
-    p.set_defaults(func=cmd_reproduce)
+    p.set_defaults(func=cmd_reproduce, out_kind="folder")
 
     p = sub.add_parser("benchmark", help="inference cost per model: params, GFLOPs, latency, throughput, memory",
                        description="Measure each model's parameters, GFLOPs per image, batch-1 latency, best "
@@ -564,13 +582,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=_positive_int, nargs="+", help="default: 1 2 (CPU), 1 8 32 64 (CUDA)")
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats per measurement (default: 3)")
     p.add_argument("--out", help="write FILE.md and FILE.json")
-    p.set_defaults(func=cmd_benchmark)
+    p.set_defaults(func=cmd_benchmark, out_kind="file")
 
     p = sub.add_parser("demo", help="the main job: train, evaluate and segment on generated data (about a minute)",
                        description="Train SegNet-Basic on generated road scenes for about a minute on the CPU, "
                        "evaluate it (all metrics and report.html) and segment a few images. Offline.")
     p.add_argument("--out", default="demo", help="output folder (default: ./demo)")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, out_kind="folder")
     return parser
 
 
@@ -580,19 +598,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if args.command is None:
         parser.print_help()
-        return 2
+        return EXIT_BAD_INPUT
     try:
+        if getattr(args, "out", None) and getattr(args, "out_kind", None):
+            from .files import check_output
+
+            check_output(args.out, args.out_kind)  # before any work: nothing is half-done or left behind
         return args.func(args)
     except KeyboardInterrupt:
         print("segnet: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as error:
-        # Errors we raise carry a complete sentence; no traceback for users.
-        if args.verbose:
+        return EXIT_INTERRUPTED
+    except Exception as error:  # one error path: a short message and a distinct status, no traceback
+        if args.debug:
             raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        message, status = describe_error(error)
         print(f"segnet: error: {message}", file=sys.stderr)
-        return 1
+        if status == EXIT_BUG:
+            import traceback
+
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            print(f"segnet: this is a bug in segnet (at {Path(where.filename).name}:{where.lineno}); please report "
+                  "it with the output of the same command with --debug", file=sys.stderr)
+        return status
+
+
+def describe_error(error: BaseException) -> tuple[str, int]:
+    """``(one-line message, exit status)`` for any error a command can raise.
+
+    Errors segnet raises carry a complete sentence (the file, what is wrong, what to do);
+    operating-system errors get their path, the reason and a remedy; anything else is a bug.
+    """
+    from .engine.train import TrainingError
+
+    if isinstance(error, TrainingError):
+        return str(error), EXIT_FAILED
+    if isinstance(error, OSError):
+        if error.filename is None:  # raised by segnet with a full sentence
+            return str(error), EXIT_NOT_FOUND if isinstance(error, FileNotFoundError) else EXIT_BAD_INPUT
+        path = error.filename
+        remedies = {
+            FileNotFoundError: "not found; check the path (a folder on the way may be missing too)",
+            IsADirectoryError: "is a folder, where a file is needed; give a file name (e.g. --out model.onnx)",
+            NotADirectoryError: "a file is in the way where a folder is needed; choose another --out or move the file",
+            FileExistsError: "a file is in the way where a folder is needed; choose another --out or move the file",
+            PermissionError: "permission denied; choose a place you may read or write (e.g. --out under your home)",
+        }
+        for kind, remedy in remedies.items():
+            if isinstance(error, kind):
+                return f"{path}: {remedy}", EXIT_NOT_FOUND if kind is FileNotFoundError else EXIT_BAD_INPUT
+        return f"{path}: {error.strerror or error}; check the path and the disk (space, permissions)", EXIT_BAD_INPUT
+    if isinstance(error, ValueError):
+        return str(error), EXIT_BAD_INPUT
+    return f"{type(error).__name__}: {error}", EXIT_BUG
 
 
 if __name__ == "__main__":

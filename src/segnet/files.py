@@ -26,3 +26,61 @@ def write_json(path: str | os.PathLike, data) -> None:
     """``data`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def check_output(path: str | os.PathLike, kind: str = "folder", flag: str = "--out") -> Path:
+    """``path`` if a command can write its ``kind`` (``"folder"`` or ``"file"``) there;
+    ValueError naming the path, what is wrong and what to do otherwise.
+
+    Checked before any work starts, and without creating anything: a file in the way of a
+    folder (at ``path`` or on the way to it), a folder where a file is wanted, a place that
+    cannot be written. Writability is probed with a temporary file in the nearest existing
+    folder, because permission bits do not tell (root, read-only mounts).
+    """
+    import tempfile
+
+    path = Path(path)
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: is a file, where a folder is needed; choose another {flag} "
+                         "or move the file away")
+    if kind == "file" and path.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder, where a file is needed; give a file name inside it "
+                         f"(e.g. {flag} {path / 'model.onnx'})")
+    existing = path if kind == "folder" else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {path}: {existing} is a file, so no folder can be made below it; choose another "
+                         f"{flag}")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ValueError(f"{flag} {path}: cannot write in {existing} ({error.strerror or error}); choose a place "
+                         f"you may write to (e.g. {flag} under your home folder)") from None
+    return path
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the ``.NAME.tmpPID`` files that ``atomic_path`` leaves when its process was
+    killed mid-write (the PID no longer running); returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[-1]
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers cannot be in use: we are not writing them now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True

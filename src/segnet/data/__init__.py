@@ -7,7 +7,7 @@ from typing import Callable
 
 from .balancing import compute_class_weights, median_frequency_weights
 from .datasets import CAMVID_META, SUNRGBD_META, SPLITS, CamVid, FolderDataset, PairDataset, SUNRGBD
-from .io import DataError, DatasetMeta, load_image, load_label
+from .io import DataError, DataNotFoundError, DatasetMeta, load_image, load_label
 from .pack import PackedDataset, decode_split, pack_dataset, read_pack
 from .resident import ResidentLoader
 from .synthetic import SYNTHETIC_META, SyntheticRoadScenes
@@ -43,7 +43,7 @@ def build_dataset(name: str, root: str | Path | None = None, split: str = "train
 
 
 __all__ = [
-    "CAMVID_META", "DATASETS", "SPLITS", "SUNRGBD_META", "SYNTHETIC_META", "CamVid", "DataError", "DatasetMeta",
+    "CAMVID_META", "DATASETS", "SPLITS", "SUNRGBD_META", "SYNTHETIC_META", "CamVid", "DataError", "DataNotFoundError", "DatasetMeta",
     "FolderDataset", "PackedDataset", "PairDataset", "ResidentLoader", "SUNRGBD", "SyntheticRoadScenes",
     "augmentation", "build_dataset", "compute_class_weights", "decode_split", "list_datasets", "load_image",
     "load_label", "median_frequency_weights", "normalize", "pack_dataset", "read_pack",

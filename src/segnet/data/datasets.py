@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .io import DataError, DatasetMeta, SegmentationDataset, load_image, load_label
+from .io import DataError, DataNotFoundError, DatasetMeta, SegmentationDataset, load_image, load_label
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -103,7 +103,7 @@ def _check_split(split: str, allowed=SPLITS) -> None:
 
 def _require_dir(path: Path, what: str) -> None:
     if not path.is_dir():
-        raise DataError(f"{path}: {what} folder not found; check --root")
+        raise DataNotFoundError(f"{path}: {what} folder not found; check --root")
 
 
 class CamVid(PairDataset):

@@ -15,6 +15,10 @@ class DataError(ValueError):
     """A problem with a dataset file; the message names the file and what to do."""
 
 
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A dataset folder or file that is not there (exit status 3 in the CLI, not 2)."""
+
+
 @dataclass(frozen=True)
 class DatasetMeta:
     """What every consumer needs to know about a dataset's labels."""

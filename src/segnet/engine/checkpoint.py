@@ -118,17 +118,67 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if checkpoint.get("version", 0) > VERSION:
         raise ValueError(f"{path}: checkpoint version {checkpoint['version']} is newer than this segnet "
                          f"understands ({VERSION}); upgrade segnet")
+    _check_entries(checkpoint, path)
     return checkpoint
 
 
-def model_from_checkpoint(checkpoint: dict | str | os.PathLike, map_location: str | torch.device = "cpu"):
+def _check_entries(checkpoint: dict, path) -> None:
+    """Every entry inference needs is there and has the right shape of data."""
+    problems = []
+    model = checkpoint.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str) or not isinstance(
+            model.get("num_classes"), int):
+        problems.append("'model' (name and num_classes)")
+    normalization = checkpoint.get("normalization")
+    if not isinstance(normalization, dict) or any(
+            not isinstance(normalization.get(k), (list, tuple)) or len(normalization[k]) != 3 for k in ("mean", "std")):
+        problems.append("'normalization' (mean and std, 3 values each)")
+    if not isinstance(checkpoint.get("dataset"), dict) or "class_names" not in checkpoint["dataset"]:
+        problems.append("'dataset' (class names and palette)")
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        problems.append("'state_dict' (the weights)")
+    if problems:
+        raise ValueError(f"{path}: this checkpoint lacks or has a malformed {', '.join(problems)}; it was not "
+                         "written by segnet or was edited: use a checkpoint from 'segnet train' (RUN_DIR/best.pt)")
+
+
+def model_from_checkpoint(checkpoint: dict | str | os.PathLike, map_location: str | torch.device = "cpu",
+                          source: str | os.PathLike | None = None):
     """``(model in eval mode, DatasetMeta, normalization)`` from a checkpoint dict or file.
 
-    A model trained at a reduced size says so in ``checkpoint["input_size"]``.
+    A model trained at a reduced size says so in ``checkpoint["input_size"]``. Weights that
+    do not fit the recorded architecture, and non-finite weights, are refused with the
+    file (``source``, or the path given) and the offending tensor named.
     """
     if not isinstance(checkpoint, dict):
+        source = checkpoint
         checkpoint = load_checkpoint(checkpoint, map_location)
+    where = source if source is not None else "the checkpoint"
     spec = checkpoint["model"]
-    model = create_model(spec["name"], spec["num_classes"], **spec.get("options", {}))
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model = create_model(spec["name"], spec["num_classes"], **spec.get("options", {}))
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{where}: records a model this segnet cannot build ({error})") from None
+    state = checkpoint["state_dict"]
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    reshaped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or reshaped:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if reshaped:
+            key = reshaped[0]
+            details.append(f"{len(reshaped)} of another shape (e.g. {key}: {tuple(state[key].shape)} instead of "
+                           f"{tuple(own[key].shape)})")
+        raise ValueError(f"{where}: its weights do not fit a {spec['name']} with {spec['num_classes']} classes, as "
+                         f"it says it holds: tensors {'; '.join(details)}. The file was edited or saved from another "
+                         "model; use the checkpoint training wrote")
+    for key, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{where}: weight {key} holds NaN or infinite values; this model cannot predict. "
+                             "Use an earlier checkpoint (training keeps last.pt and best.pt from good epochs)")
+    model.load_state_dict(state)
     return model.to(map_location).eval(), DatasetMeta.from_dict(checkpoint["dataset"]), checkpoint["normalization"]

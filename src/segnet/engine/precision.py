@@ -1,4 +1,5 @@
-"""Which arithmetic to run in: bf16 autocast where the hardware does it natively, fp32 elsewhere.
+"""Where and in which arithmetic to run: a checked device, and bf16 autocast where the
+hardware does it natively, fp32 elsewhere.
 
 ``amp`` is one of ``auto`` (bf16 on CUDA and on CPUs with native bf16 instructions,
 fp32 elsewhere), ``bf16`` (always) or ``off`` (fp32). On a CPU with only AVX2, bf16 is
@@ -41,6 +42,25 @@ def cpu_description() -> dict:
 def cpu_has_native_bf16() -> bool:
     """True when the CPU executes bf16 arithmetic natively (AVX512-BF16 or AMX)."""
     return any(flag in cpu_description()["flags"] for flag in NATIVE_BF16_FLAGS)
+
+
+def check_device(name: str | torch.device) -> torch.device:
+    """``name`` as a device this machine has; ValueError naming the real problem otherwise
+    (an unknown name, no CUDA, a GPU index beyond the GPUs present)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: this machine has no usable CUDA GPU (torch {torch.__version__}, "
+                             f"CUDA build {torch.version.cuda or 'none'}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: there are only {torch.cuda.device_count()} GPU(s) "
+                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: segnet runs on cpu or cuda, not {device.type}")
+    return device
 
 
 def resolve_amp(amp: str | bool | None, device: str | torch.device) -> str:

@@ -89,6 +89,34 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return paths
 
 
+OUTPUT_SUFFIXES = ("", "_overlay", "_uncertainty")  # NAME.png, NAME_overlay.png, NAME_uncertainty.png
+
+
+def output_stems(paths: list[Path]) -> list[str]:
+    """A unique output name per input, in input order, whatever the input names are.
+
+    An input keeps its file's stem when no other input has it; inputs that share a stem
+    are named ``FOLDER__STEM`` after their folder; a counter settles what is still
+    taken. No two inputs' files (NAME.png, NAME_overlay.png, NAME_uncertainty.png) coincide.
+    """
+    import re
+    from collections import Counter
+
+    shared = Counter(p.stem for p in paths)
+    files: set[str] = set()
+    stems = []
+    for path in paths:
+        base = path.stem if shared[path.stem] == 1 else "__".join(
+            re.sub(r"[^\w.-]+", "_", part) for part in (path.resolve().parent.name or "root", path.stem))
+        stem, count = base, 1
+        while any(f"{stem}{suffix}" in files for suffix in OUTPUT_SUFFIXES):
+            count += 1
+            stem = f"{base}__{count}"
+        files.update(f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES)
+        stems.append(stem)
+    return stems
+
+
 def uncertainty_png(variance: np.ndarray) -> Image.Image:
     """A heat map of per-pixel uncertainty (scaled to its own maximum)."""
     from matplotlib import colormaps
@@ -102,14 +130,15 @@ def predict_files(model: nn.Module, meta: DatasetMeta, normalization: dict, inpu
                   progress: bool = True, amp: str = "auto") -> tuple[list[Path], list[tuple[str, str]]]:
     """Segment every input image; returns (written files, [(input, why it failed)]).
 
-    Unreadable inputs are reported and skipped; the rest are still processed. Images of
-    equal size are batched. With ``mc_samples`` (Bayesian models) the label map is the
-    argmax of the mean softmax and ``NAME_uncertainty.png`` shows the per-pixel variance.
+    Every per-image failure (unreadable, too small for the network, ...) is reported with
+    its file and skipped; the rest are still processed. Images of equal size are batched.
+    Output names are unique (``output_stems``). With ``mc_samples`` (Bayesian models) the
+    label map is the argmax of the mean softmax and ``NAME_uncertainty.png`` shows the
+    per-pixel variance.
     """
     from tqdm import tqdm
 
     from ..data import DataError
-    from ..models import mc_dropout_predict
     from ..models.mc_dropout import has_dropout
 
     if mc_samples and not has_dropout(model):
@@ -120,48 +149,58 @@ def predict_files(model: nn.Module, meta: DatasetMeta, normalization: dict, inpu
     paths = expand_inputs(inputs)
     if not paths:
         raise ValueError(f"no images found in {' '.join(inputs)}")
+    stems = output_stems(paths)  # by position: the same file may be given twice
     device = next(model.parameters()).device
     precision = resolve_amp(amp, device)
     model.eval()
-    stems: dict[str, int] = {}
     with tqdm(total=len(paths), desc="segmenting", unit="img", disable=not progress) as bar:
         for first in range(0, len(paths), batch_size):
-            loaded = []
-            for path in paths[first : first + batch_size]:
-                try:
-                    loaded.append((path, load_image(path)))
-                except (DataError, OSError) as error:
-                    failures.append((str(path), str(error)))
-                    bar.update(1)
             by_size: dict[tuple, list] = {}
-            for path, image in loaded:
-                by_size.setdefault(tuple(image.shape), []).append((path, image))
+            for index in range(first, min(first + batch_size, len(paths))):
+                try:
+                    image = load_image(paths[index])
+                except (DataError, OSError) as error:
+                    failures.append((str(paths[index]), str(error)))
+                    bar.update(1)
+                    continue
+                by_size.setdefault(tuple(image.shape), []).append((index, image))
             for group in by_size.values():
-                images = torch.stack([image for _, image in group]).to(device)
-                variance = None
-                with torch.inference_mode():
-                    if mc_samples:
-                        from .evaluate import normalize_and_resize
-
-                        x, size = normalize_and_resize(images, normalization, input_size)
-                        with autocast(precision, device):
-                            mean, variance = mc_dropout_predict(model, x, mc_samples)
-                        mean, variance = mean.float(), variance.float()
-                        if size is not None:
-                            mean = torch.nn.functional.interpolate(mean, size=size, mode="bilinear")
-                            variance = torch.nn.functional.interpolate(variance[:, None], size=size, mode="bilinear")[:, 0]
-                        labels = mean.argmax(1)
-                    else:
-                        labels = predict_labels(model, images, normalization, input_size, precision)
-                for index, (path, image) in enumerate(group):
-                    stem = path.stem
-                    stems[stem] = stems.get(stem, 0) + 1
-                    if stems[stem] > 1:  # two inputs with the same name: keep both
-                        stem = f"{stem}_{stems[stem]}"
-                    written += write_prediction(image, labels[index], meta, out, stem)
+                try:
+                    results = _segment_batch(model, [image for _, image in group], normalization, input_size,
+                                             mc_samples, precision)
+                except ValueError as error:  # e.g. below the network's minimum size: say which file
+                    for index, _ in group:
+                        failures.append((str(paths[index]), str(error)))
+                    bar.update(len(group))
+                    continue
+                for (index, image), (labels, variance) in zip(group, results):
+                    stem = stems[index]
+                    written += write_prediction(image, labels, meta, out, stem)
                     if variance is not None:
                         target = out / f"{stem}_uncertainty.png"
-                        uncertainty_png(variance[index].cpu().numpy()).save(target)
+                        with atomic_path(target) as tmp:
+                            uncertainty_png(variance.cpu().numpy()).save(tmp, format="PNG")
                         written.append(target)
                     bar.update(1)
     return written, failures
+
+
+def _segment_batch(model, images: list[torch.Tensor], normalization: dict, input_size, mc_samples: int,
+                   precision: str) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """``[(labels, variance or None)]`` for equally sized uint8 images."""
+    from ..models import mc_dropout_predict
+    from .evaluate import normalize_and_resize
+
+    device = next(model.parameters()).device
+    batch = torch.stack(images).to(device)
+    with torch.inference_mode():
+        if not mc_samples:
+            return [(labels, None) for labels in predict_labels(model, batch, normalization, input_size, precision)]
+        x, size = normalize_and_resize(batch, normalization, input_size)
+        with autocast(precision, device):
+            mean, variance = mc_dropout_predict(model, x, mc_samples)
+        mean, variance = mean.float(), variance.float()
+        if size is not None:
+            mean = torch.nn.functional.interpolate(mean, size=size, mode="bilinear")
+            variance = torch.nn.functional.interpolate(variance[:, None], size=size, mode="bilinear")[:, 0]
+        return list(zip(mean.argmax(1), variance))

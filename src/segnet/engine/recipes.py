@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from .precision import AMP_CHOICES
 
 LOSS_NORMALIZATIONS = ("valid_pixels", "weights")
+# what may change when a run is continued: its length, its rate, where it runs, how often it validates
+RESUMABLE = ("epochs", "lr", "device", "val_every", "val_bn_images")
 
 
 @dataclass
@@ -115,6 +117,20 @@ def parse_override(text: str) -> tuple[str, object]:
     except json.JSONDecodeError:
         value = raw
     return key, value
+
+
+def describe_recipe(name: str) -> str:
+    """One line of a recipe's main values, for help texts (generated, so it cannot go stale)."""
+    recipe = RECIPES[name]
+    parts = [f"{recipe['optimizer'].upper() if recipe['optimizer'] == 'sgd' else 'AdamW'} {recipe['lr']:g}",
+             f"batch {recipe['batch_size']}", f"{recipe['epochs']} epochs", recipe["schedule"]]
+    if recipe.get("encoder_weights"):
+        parts.append("ImageNet encoder")
+    if recipe.get("crop"):
+        parts.append(f"{recipe['crop'][0]}x{recipe['crop'][1]} crops")
+    if recipe.get("hflip"):
+        parts.append("flips")
+    return f"{name} ({', '.join(parts)})"
 
 
 def resolve_config(recipe: str, overrides: dict | None = None) -> TrainConfig:

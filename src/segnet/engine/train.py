@@ -30,19 +30,22 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import DatasetMeta, ResidentLoader, build_dataset, compute_class_weights, normalize
-from ..files import atomic_path, write_json
+from ..files import atomic_path, remove_stale_temporaries, write_json
 from ..metrics import ConfusionMatrix
 from ..models import create_model, model_info
 from .checkpoint import load_checkpoint, save_checkpoint, unwrap
 from .precision import autocast as autocast_context
-from .precision import precision_record, resolve_amp
-from .recipes import TrainConfig, check_config
+from .precision import check_device, precision_record, resolve_amp
+from .recipes import RESUMABLE, TrainConfig, check_config
 
 log = logging.getLogger("segnet")
 CSV_FIELDS = ["epoch", "step", "train_loss", "lr", "images_per_s", "seconds", "hours", "val_global_accuracy",
               "val_mean_accuracy", "val_mean_iou"]
-# what may change when a run is continued: its length, its rate, where it runs, how often it validates
-RESUMABLE = ("epochs", "lr", "device", "val_every", "val_bn_images")
+
+
+# A loss this many times the first step's means the run diverged (a loss that stays finite
+# can still explode: lr 5 on SegNet-Basic reaches 1e15). Healthy runs only fall below it.
+DIVERGENCE_FACTOR = 100.0
 
 
 class TrainingError(RuntimeError):
@@ -63,7 +66,7 @@ def _distributed() -> tuple[int, int, int]:
 def _device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    device = check_device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
     return device
@@ -74,11 +77,22 @@ def resume_config(out_dir: str | os.PathLike, overrides: dict | None = None) -> 
     applied. Only the ``RESUMABLE`` values may change; an override that repeats the run's
     own value is accepted (the original command plus ``--resume`` works), any other
     change is refused, by name."""
-    stored = load_checkpoint(Path(out_dir) / "last.pt")["config"]
+    stored = load_checkpoint(_resumable(Path(out_dir)))["config"]
     config = TrainConfig(**{**stored, **(overrides or {})})
     check_config(config)
     resume_changes(stored, config, out_dir)
     return config
+
+
+def _resumable(out: Path) -> Path:
+    """``out/last.pt``, or FileNotFoundError saying why there is nothing to resume."""
+    if not out.is_dir():
+        raise FileNotFoundError(f"{out}: no such run folder to --resume; check --out, or start a new run there "
+                                "without --resume")
+    if not (out / "last.pt").exists():
+        raise FileNotFoundError(f"{out}: no checkpoint yet (last.pt is written at the end of each epoch, and this "
+                                "run stopped before its first ended); start it again without --resume")
+    return out / "last.pt"
 
 
 def resume_changes(stored: dict, config: TrainConfig, out_dir: str | os.PathLike = "the run") -> dict:
@@ -268,7 +282,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     check_config(config)
     checkpoint, changes = None, {}
     if resume:
-        checkpoint = load_checkpoint(out / "last.pt", map_location="cpu")
+        checkpoint = load_checkpoint(_resumable(out), map_location="cpu")
         changes = resume_changes(checkpoint["config"], config, out)
     elif (out / "last.pt").exists():
         raise ValueError(f"{out} already holds a run (last.pt); continue it with --resume or choose another --out")
@@ -285,26 +299,28 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     val_images, val_labels, _ = load_split(config, config.val_split, show) if config.val_split else (None, None, None)
     info = model_info(config.model)
     normalization = info.normalization
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    # from the stored labels at full size; cached in the run (a resume does not recount)
-    balancing = compute_class_weights(build_dataset(config.dataset, config.root, config.train_split),
-                                      config.class_balancing, cache=out / "class_weights.json", progress=False)
-    weights = torch.tensor(balancing["weights"], dtype=torch.float32, device=device)
-    loader = ResidentLoader(train_images.to(device), train_labels.to(device), per_rank, normalization["mean"],
-                            normalization["std"], meta.ignore_index, shuffle=True, drop_last=True,
-                            hflip=config.hflip, scale=tuple(config.scale), crop=config.crop, seed=config.seed,
-                            rank=rank, world_size=world_size)
-    if len(loader) == 0:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_images)} training images")
-
-    # model and optimiser
+    # the model, before anything is written: bad weights leave no run folder behind
     encoder = config.encoder_weights if checkpoint is None and config.init_from is None else None
     model = create_model(config.model, meta.num_classes, encoder_weights=encoder)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
     elif config.init_from is not None:
         log.info("starting from %s", load_initial_weights(model, config.init_from, config.model, meta.num_classes))
+    loader = ResidentLoader(train_images.to(device), train_labels.to(device), per_rank, normalization["mean"],
+                            normalization["std"], meta.ignore_index, shuffle=True, drop_last=True,
+                            hflip=config.hflip, scale=tuple(config.scale), crop=config.crop, seed=config.seed,
+                            rank=rank, world_size=world_size)
+    if len(loader) == 0:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_images)} training images")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temporaries(out):  # a killed run's half-written files
+            log.info("removed %s, left half-written by a process that was killed", stale)
+    # from the stored labels at full size; cached in the run (a resume does not recount)
+    balancing = compute_class_weights(build_dataset(config.dataset, config.root, config.train_split),
+                                      config.class_balancing, cache=out / "class_weights.json", progress=False)
+    weights = torch.tensor(balancing["weights"], dtype=torch.float32, device=device)
+
     model = model.to(device)
     cuda = device.type == "cuda"
     if config.channels_last:  # faster convolutions on CUDA and on CPU (oneDNN), fp32 and bf16
@@ -326,10 +342,12 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
 
     start_epoch, step, history = 0, 0, []
     best = {"value": -1.0, "epoch": None}
+    reference_loss = None  # the first step's loss: the yardstick of the divergence guard
     segments = [{"start_epoch": 0, "runtime": runtime}]  # one per start or resume
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         start_epoch, step, history, best = checkpoint["epoch"], checkpoint["step"], checkpoint["history"], checkpoint["best"]
+        reference_loss = checkpoint.get("reference_loss", history[0]["train_loss"] if history else None)
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if cuda and checkpoint["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
@@ -349,7 +367,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
             out / name, unwrap(model), config.model, meta, normalization,
             recipe=config.recipe, config=config.to_dict(), epoch=epoch, step=step, metrics=metrics,
             history=history, best=best, optimizer=optimizer.state_dict(), input_size=config.size,
-            segments=segments,
+            segments=segments, reference_loss=reference_loss,
             rng={"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None},
         )
 
@@ -380,13 +398,17 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
                 total += loss_part.detach()
             total = _all_reduce(total, world_size)
             loss = float(total / norm.clamp(min=1))
-            if not math.isfinite(loss):
+            reference_loss = loss if reference_loss is None else reference_loss
+            if not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * max(reference_loss, 1e-3):
                 optimizer.zero_grad(set_to_none=True)
                 kept = (f"{out / 'last.pt'} holds the last good state (after epoch {history[-1]['epoch']})"
                         if history else "no checkpoint had been written yet")
+                grown = "" if not math.isfinite(loss) else (
+                    f" ({loss / reference_loss:.3g} times the first step's {reference_loss:.4g}: training diverged)")
                 raise TrainingError(
-                    f"the training loss became {loss} at epoch {epoch + 1}, step {step + 1}; stopped. {kept}. "
-                    "Lower the learning rate (--lr) or check the data (segnet data check), then --resume or start anew."
+                    f"the training loss became {loss:.6g}{grown} at epoch {epoch + 1}, step {step + 1}; stopped. "
+                    f"{kept}. Lower the learning rate (--lr, now {config.lr:g}) or check the data (segnet data check), "
+                    "then --resume or start anew."
                 )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..data.transforms import normalize
 from ..files import atomic_path
-from ..models import use_index_free_unpooling
+from ..models import min_input_size, use_index_free_unpooling
 from .fold import fold_batchnorm
 
 VALUE_TOLERANCE = 1e-3
@@ -83,6 +83,12 @@ def export_onnx(
     import onnxruntime
 
     path = Path(path)
+    floor = min_input_size(getattr(model, "pool_levels", 5))
+    too_small = [f"{h}x{w}" for h, w in sizes if min(h, w) < floor]
+    if too_small:  # refused before anything is written
+        raise ValueError(f"check size {', '.join(too_small)} is below the smallest input this model accepts "
+                         f"({floor}x{floor}: {getattr(model, 'pool_levels', 5)} poolings need two pixels each at the "
+                         "deepest); give --check-sizes of at least that")
     path.parent.mkdir(parents=True, exist_ok=True)
     prepared = prepare_for_inference(model, index_free).cpu()
     generator = torch.Generator().manual_seed(seed)
@@ -94,13 +100,14 @@ def export_onnx(
         return normalize(pixels, normalization["mean"], normalization["std"])
 
     sample = random_images(1, 3, *sizes[0])
-    dims = {0: torch.export.Dim("batch", min=1, max=4096), 2: torch.export.Dim("height", min=17, max=8192),
-            3: torch.export.Dim("width", min=17, max=8192)}
+    dims = {0: torch.export.Dim("batch", min=1, max=4096), 2: torch.export.Dim("height", min=floor, max=8192),
+            3: torch.export.Dim("width", min=floor, max=8192)}
     with atomic_path(path) as tmp:
         torch.onnx.export(prepared, (sample,), tmp, dynamo=True, input_names=["image"], output_names=["logits"],
                           dynamic_shapes={"x": dims}, external_data=False)
         proto = onnx.load(str(tmp))
-        for key, value in {**(metadata or {}), "index_free": index_free, "batchnorm_folded": True}.items():
+        for key, value in {**(metadata or {}), "index_free": index_free, "batchnorm_folded": True,
+                                  "min_input_size": [floor, floor], "max_input_size": [8192, 8192]}.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
         onnx.save(proto, str(tmp))

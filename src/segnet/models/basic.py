@@ -70,6 +70,8 @@ class SegNetBasic(nn.Module):
         dropout, dropout_levels: Bayesian SegNet-Basic's Monte Carlo dropout.
     """
 
+    pool_levels = LEVELS  # inputs need at least min_input_size(pool_levels) pixels a side
+
     def __init__(
         self,
         num_classes: int,
@@ -136,6 +138,8 @@ class FCNBasic(nn.Module):
             decoder (else the decoder runs at the encoder's 64 channels and a final 1x1
             classifier produces the scores).
     """
+
+    pool_levels = LEVELS  # inputs need at least min_input_size(pool_levels) pixels a side
 
     def __init__(
         self, num_classes: int, in_channels: int = 3, addition: bool = True, dim_reduction: bool = True

@@ -36,7 +36,7 @@ def load_vgg16_state_dict(source: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             return torch.hub.load_state_dict_from_url(VGG16_IMAGENET_URL, progress=True, map_location="cpu")
         except Exception as error:  # URLError, socket errors, HTTP errors: all mean "not reachable"
-            raise RuntimeError(
+            raise FileNotFoundError(
                 "could not get the ImageNet VGG16 weights: they are not in torch's cache "
                 f"({torch.hub.get_dir()}/checkpoints) and the download failed ({error}). "
                 "Pass a torchvision-layout VGG16 state dict instead: "
@@ -68,7 +68,7 @@ def load_vgg16_encoder(encoder_convs: list[nn.Conv2d], source: str | os.PathLike
         for name in ("weight", "bias"):
             key = next((k for k in (f"features.{index}.{name}", f"{index}.{name}") if k in state), None)
             if key is None:
-                raise KeyError(f"{source}: no VGG16 tensor features.{index}.{name}; is this a torchvision VGG16 state dict?")
+                raise ValueError(f"{source}: no VGG16 tensor features.{index}.{name}; is this a torchvision VGG16 state dict?")
             target = getattr(conv, name)
             if target.shape != state[key].shape:
                 raise ValueError(

@@ -75,6 +75,11 @@ class SegNet(nn.Module):
         """Fill the encoder from ImageNet VGG16 (``"imagenet"`` or a state-dict path)."""
         return load_vgg16_encoder(self.encoder_convs(), source)
 
+    @property
+    def pool_levels(self) -> int:
+        """Pooling levels; inputs need at least ``min_input_size(pool_levels)`` pixels a side."""
+        return len(self.encoders)
+
     def forward(self, x: Tensor) -> Tensor:
         check_input_size(x, len(self.encoders), type(self).__name__)
         records = []
