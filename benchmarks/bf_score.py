@@ -1,6 +1,7 @@
-"""BF score speed and exact-vs-fast gap on the CamVid test labels.
+"""BF score speed, the exact-vs-fast gap, and the effect of the void treatment, on the CamVid test labels.
 
     python benchmarks/bf_score.py --root ../shared/data/CamVid [--shift 2 3] [--prediction-dir DIR]
+        [--modes exact fast] [--void mask drop raw] [--json FILE]
 
 Without --prediction-dir, the "prediction" is the ground truth shifted by --shift pixels
 (rows, cols): a stand-in with realistic boundaries until a trained model's predictions
@@ -10,6 +11,7 @@ are available. With it, DIR holds one label PNG per test image (same file names)
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -37,6 +39,10 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--shift", type=int, nargs=2, default=[2, 3])
     parser.add_argument("--prediction-dir")
+    parser.add_argument("--modes", nargs="+", default=["exact", "fast"], choices=["exact", "fast"])
+    parser.add_argument("--void", nargs="+", default=["mask"], choices=["mask", "drop", "raw"],
+                        help="ground-truth void treatments to score (default: mask)")
+    parser.add_argument("--json", help="also write the scores to this JSON file")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes scoring images (default: all cores)")
     args = parser.parse_args()
 
@@ -53,17 +59,26 @@ def main() -> None:
     print(f"CamVid {args.split}: {len(targets)} images {targets[0].shape}, prediction = {source}; "
           f"{args.workers} worker process(es)")
     results = {}
-    for mode in ("exact", "fast"):
-        start = time.perf_counter()
-        with ProcessPoolExecutor(args.workers) if args.workers > 1 else _inline() as pool:
-            metric = BoundaryF1(dataset.meta.num_classes, dataset.meta.ignore_index, mode, executor=pool)
-            for p, t in zip(preds, targets):
-                metric.update(p, t)
-            metric.compute()
-        elapsed = time.perf_counter() - start
-        results[mode] = metric.compute()["mean_bf_score"]
-        print(f"BF {mode:5s}: {results[mode] * 100:6.2f}  in {elapsed:5.2f} s ({elapsed / len(targets) * 1000:.1f} ms/image)")
-    print(f"fast - exact = {(results['fast'] - results['exact']) * 100:+.2f} points")
+    for mode in args.modes:
+        for void in args.void:
+            start = time.perf_counter()
+            with ProcessPoolExecutor(args.workers) if args.workers > 1 else _inline() as pool:
+                metric = BoundaryF1(dataset.meta.num_classes, dataset.meta.ignore_index, mode, executor=pool, void=void)
+                for p, t in zip(preds, targets):
+                    metric.update(p, t)
+                scores = metric.compute()
+            elapsed = time.perf_counter() - start
+            results[f"{mode}/{void}"] = {"mean_bf_score": scores["mean_bf_score"], "bf_images": scores["bf_images"],
+                                         "class_bf_score": scores["class_bf_score"], "seconds": round(elapsed, 2)}
+            print(f"BF {mode:5s} void {void:4s}: {scores['mean_bf_score'] * 100:6.2f} over {scores['bf_images']} images "
+                  f"in {elapsed:5.2f} s ({elapsed / len(targets) * 1000:.1f} ms/image)")
+    if "exact/mask" in results and "fast/mask" in results:
+        gap = results["fast/mask"]["mean_bf_score"] - results["exact/mask"]["mean_bf_score"]
+        print(f"fast - exact = {gap * 100:+.2f} points")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"prediction": source, "split": args.split, "images": len(targets), "scores": results}, f,
+                      indent=2)
 
 
 if __name__ == "__main__":

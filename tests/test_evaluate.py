@@ -80,10 +80,13 @@ def test_checkpoint_loading_refuses_code_and_garbage(tmp_path):
 
 def test_perfect_and_always_wrong_models():
     dataset = LabelInImage("test", count=5, size=(40, 56))
-    perfect = evaluate(ReadLabel(0), dataset, RAW, bf_workers=0, progress=False)
+    perfect = evaluate(ReadLabel(0), dataset, RAW, bf_workers=0, bf_void="mask", progress=False)
     m = perfect.metrics
     assert m["global_accuracy"] == m["mean_accuracy"] == m["mean_iou"] == m["weighted_iou"] == 1.0
-    assert m["mean_bf_score"] == 1.0 and m["images"] == 5 and m["bf_mode"] == "exact"
+    assert m["mean_bf_score"] == 1.0 and m["images"] == 5 and m["bf_mode"] == "exact" and m["bf_void"] == "mask"
+    # raw (the default): what the model predicts on void pixels enters BF, not the pixel metrics
+    raw = evaluate(ReadLabel(0), dataset, RAW, bf_workers=0, progress=False).metrics
+    assert raw["bf_void"] == "raw" and raw["mean_bf_score"] < 1.0 and raw["mean_iou"] == 1.0
     # the confusion matrix is diagonal and counts every non-void pixel once
     labels = torch.stack([dataset.load(i)[1] for i in range(5)])
     valid = labels != SYNTHETIC_META.ignore_index

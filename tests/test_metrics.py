@@ -145,14 +145,15 @@ def test_empty_image_and_void():
     uniform = np.full((10, 10), 1)
     score, per_class = image_bf_score(uniform, uniform, 2)
     assert math.isnan(score) and all(math.isnan(s) for s in per_class)
-    # predictions on void pixels are not held against the model
+    # masked, predictions on void pixels are not held against the model; raw (the default), they are
     t = square((40, 40), 10, 10, 10)
     t[:, 30:] = 9
     p = t.copy()
     p[:, 30:] = 1  # predicts class 1 on the void strip
     p = np.where(t == 9, 1, p)
-    assert image_bf_score(p, t, 2, ignore_index=9)[0] == 1.0
-    acc = BoundaryF1(2, ignore_index=9)
+    assert image_bf_score(p, t, 2, ignore_index=9, void="mask")[0] == 1.0
+    assert image_bf_score(p, t, 2, ignore_index=9)[0] < 1.0
+    acc = BoundaryF1(2, ignore_index=9, void="mask")
     flat = np.full((40, 40), 1)
     acc.update(torch.from_numpy(np.stack([p, flat])), torch.from_numpy(np.stack([t, flat])))
     result = acc.compute()
@@ -242,3 +243,39 @@ def test_background_scoring_gives_the_same_result():
         result = background.compute()
     assert result == inline.compute()
     assert background.image_scores == inline.image_scores
+
+
+def test_bf_void_treatments_differ_where_the_ground_truth_is_void():
+    from segnet.metrics.boundary import VOID_TREATMENTS
+
+    void = 11
+    # A: two classes stacked, void on the right; the prediction carries both classes on into the void
+    target = np.zeros((10, 10), np.int64)
+    target[5:] = 1
+    target[:, 5:] = void
+    pred = np.zeros((10, 10), np.int64)
+    pred[5:] = 1
+    scores = {v: image_bf_score(pred, target, 2, ignore_index=void, void=v)[0] for v in VOID_TREATMENTS}
+    assert scores["mask"] == 1.0  # the prediction recoloured to void equals the ground truth
+    assert scores["drop"] == 1.0  # away from void the two maps are identical
+    assert 0.0 < scores["raw"] < 1.0  # its boundary inside void is unmatched, the void edge is missed
+
+    # B: the model draws no boundary at all; the only boundary is the edge of the annotation
+    target = np.zeros((10, 10), np.int64)
+    target[:, 5:] = void
+    pred = np.zeros((10, 10), np.int64)
+    assert image_bf_score(pred, target, 2, ignore_index=void, void="mask")[0] == 1.0  # a free match
+    assert image_bf_score(pred, target, 2, ignore_index=void, void="raw")[0] == 0.0  # a missed boundary
+    assert math.isnan(image_bf_score(pred, target, 2, ignore_index=void, void="drop")[0])  # nothing to judge
+
+    # without void in the ground truth the three agree
+    target = np.zeros((10, 10), np.int64)
+    target[:, 4:] = 1
+    pred = np.roll(target, 1, axis=1)
+    values = {image_bf_score(pred, target, 2, ignore_index=void, void=v)[0] for v in VOID_TREATMENTS}
+    assert len(values) == 1
+    with pytest.raises(ValueError, match="void treatment"):
+        image_bf_score(pred, target, 2, ignore_index=void, void="ignore")
+    metric = BoundaryF1(2, void, void="drop")
+    metric.update(pred, target)
+    assert metric.compute()["bf_void"] == "drop"

@@ -210,7 +210,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"{checkpoint} was trained on classes {list(meta.class_names)}, but {args.dataset} has "
                          f"{list(dataset.meta.class_names)}; evaluate on the dataset it was trained for")
     result = evaluate(model, dataset, normalization, device=args.device, batch_size=args.batch_size,
-                      bf_mode=None if args.bf == "none" else args.bf, bf_workers=args.workers, num_samples=args.samples,
+                      bf_mode=None if args.bf == "none" else args.bf, bf_void=args.bf_void, bf_workers=args.workers,
+                      num_samples=args.samples,
                       input_size=input_size, amp=args.amp)
     info = {"model": source, "split": args.split, "root": str(args.root) if args.root else None}
     written = write_evaluation(result, args.out, info)
@@ -511,6 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the outputs (created if needed)")
     p.add_argument("--bf", choices=["exact", "fast", "none"], default="exact",
                    help="boundary F1: exact (the paper's, default), fast (approximation) or none")
+    p.add_argument("--bf-void", choices=["raw", "mask", "drop"], default="raw",
+                   help="BF on ground-truth void: raw (default: the prediction as it is, as the SegNet authors' "
+                   "BF script does), mask (the prediction set to void there) or drop (boundary pixels touching "
+                   "void left out of both maps); docs/results.md shows how much this moves BF")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default: 4)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
     p.add_argument("--workers", type=int, help="processes scoring BF in the background (default: one per core)")

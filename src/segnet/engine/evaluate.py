@@ -93,6 +93,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     batch_size: int = 4,
     bf_mode: str | None = "exact",
+    bf_void: str = "raw",
     bf_workers: int | None = None,
     num_samples: int = 6,
     loader_workers: int = 0,
@@ -105,6 +106,8 @@ def evaluate(
     The confusion matrix is accumulated on ``device``; BF (``bf_mode`` ``exact`` or
     ``fast``, ``None`` to skip) is scored in ``bf_workers`` background processes (default:
     one per core; 0 scores in this process) while the model runs on the next batch.
+    ``bf_void``: how BF treats ground-truth void (``mask``, ``drop`` or ``raw``; see
+    ``segnet.metrics.boundary``).
     ``input_size``: run the network at this size (see ``predict_logits``). ``amp``: auto
     (bf16 on CUDA and on CPUs with native bf16), bf16 or off; metrics.json records what ran.
     """
@@ -121,7 +124,8 @@ def evaluate(
     if bf_mode is not None and workers > 0 and len(dataset) > 1:
         methods = multiprocessing.get_all_start_methods()
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork" if "fork" in methods else None))
-    boundary = BoundaryF1(meta.num_classes, meta.ignore_index, bf_mode, executor=pool) if bf_mode else None
+    boundary = BoundaryF1(meta.num_classes, meta.ignore_index, bf_mode, executor=pool,
+                          void=bf_void) if bf_mode else None
     show = set(np.linspace(0, len(dataset) - 1, min(num_samples, len(dataset))).round().astype(int).tolist())
     rows, samples = [], []
     start = time.perf_counter()
@@ -162,6 +166,7 @@ def evaluate(
         "weighted_iou": scores["weighted_iou"],
         "mean_bf_score": bf["mean_bf_score"] if bf else None,
         "bf_mode": bf_mode,
+        "bf_void": bf_void if bf_mode else None,
         "bf_images": bf["bf_images"] if bf else 0,
         "seconds": round(seconds, 2),
         "input_size": list(input_size) if input_size else None,

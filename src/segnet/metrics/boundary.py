@@ -16,9 +16,19 @@ the tolerance:
   matched if any boundary pixel of the other map lies within the tolerance. Never lower
   than ``exact``.
 
-Ground-truth void pixels: the prediction there is set to void too before the boundary maps
-are drawn, so a model is neither rewarded nor punished for what it predicts on unlabelled
-pixels, and the edges of void regions appear identically in both maps.
+Ground-truth void pixels (``void``, when an ``ignore_index`` is given), three treatments:
+- ``raw`` (the default): the prediction as it is. This is what the SegNet authors' released
+  BF script does (``Scripts/computeBFmeasure.m`` in SegNet-Tutorial: boundary maps of
+  ``prediction == c`` and ``groundTruth == c``, nothing masked). A model is then punished
+  for transitions it draws inside void and for not stopping a class where the annotator
+  stopped labelling.
+- ``mask``: the prediction is set to void wherever the ground truth is void before the maps
+  are drawn. What is predicted on unlabelled pixels does not count, but the edges of void
+  regions then appear in both maps, as free matches.
+- ``drop``: both maps are drawn as they are, then every boundary pixel whose 2x2 block
+  touches ground-truth void is removed from both. Void and its edges count for nothing,
+  either way.
+docs/results.md gives the sources and the sensitivity of CamVid numbers to this choice.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from scipy.sparse.csgraph import maximum_flow
 
 TOLERANCE_FRACTION = 0.0075
 MODES = ("exact", "fast")
+VOID_TREATMENTS = ("raw", "mask", "drop")
 
 
 def boundary_map(mask: np.ndarray) -> np.ndarray:
@@ -140,24 +151,40 @@ def matched_counts(pred_edge: np.ndarray, gt_edge: np.ndarray, tol: float, mode:
     return matched, matched
 
 
+def touches_void(target: np.ndarray, ignore_index: int) -> np.ndarray:
+    """Flat indices of the pixels whose 2x2 block (as ``boundary_map`` reads it) holds void."""
+    void = np.pad(np.asarray(target) == ignore_index, ((0, 1), (0, 1)), mode="edge")
+    return np.flatnonzero(void[:-1, :-1] | void[1:, :-1] | void[:-1, 1:] | void[1:, 1:])
+
+
 def image_bf_score(
-    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None = None, mode: str = "exact"
+    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None = None, mode: str = "exact",
+    void: str = "raw",
 ) -> tuple[float, list[float]]:
     """BF of one image and the per-class F1 (NaN for classes with no boundary in either map).
 
-    The image score is NaN when no class has a boundary in either map (e.g. both maps are
-    one uniform class); such images are left out of the dataset mean.
+    ``void``: how ground-truth ``ignore_index`` pixels are treated (``mask``, ``drop`` or
+    ``raw``; see the module docstring). The image score is NaN when no class has a
+    boundary in either map (e.g. both maps are one uniform class); such images are left out
+    of the dataset mean.
     """
     if mode not in MODES:
         raise ValueError(f"BF mode must be one of {MODES}, not {mode!r}")
+    if void not in VOID_TREATMENTS:
+        raise ValueError(f"BF void treatment must be one of {VOID_TREATMENTS}, not {void!r}")
     pred, target = np.asarray(pred), np.asarray(target)
     if pred.shape != target.shape:
         raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
-    if ignore_index is not None:
+    if ignore_index is not None and void == "mask":
         pred = np.where(target == ignore_index, ignore_index, pred)
     tol = tolerance(target.shape)
     classes = range(num_classes)
     pred_pixels, gt_pixels = class_boundaries(pred, classes), class_boundaries(target, classes)
+    if ignore_index is not None and void == "drop":
+        near_void = touches_void(target, ignore_index)
+        for pixels in (pred_pixels, gt_pixels):
+            for c in classes:
+                pixels[c] = pixels[c][~np.isin(pixels[c], near_void, assume_unique=True)]
     n_pred = np.array([len(pred_pixels[c]) for c in classes])
     n_gt = np.array([len(gt_pixels[c]) for c in classes])
     # every class's pairs in one graph: left/right vertex ids offset per class
@@ -195,10 +222,12 @@ class BoundaryF1:
     """
 
     def __init__(self, num_classes: int, ignore_index: int | None = None, mode: str = "exact",
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None, void: str = "raw") -> None:
         if mode not in MODES:
             raise ValueError(f"BF mode must be one of {MODES}, not {mode!r}")
-        self.num_classes, self.ignore_index, self.mode = num_classes, ignore_index, mode
+        if void not in VOID_TREATMENTS:
+            raise ValueError(f"BF void treatment must be one of {VOID_TREATMENTS}, not {void!r}")
+        self.num_classes, self.ignore_index, self.mode, self.void = num_classes, ignore_index, mode, void
         self.executor = executor
         self._results: list[Future | tuple[float, list[float]]] = []
 
@@ -212,7 +241,7 @@ class BoundaryF1:
                 pred.min(initial=0), target.min(initial=0)) >= 0:
             pred, target = pred.astype(np.uint8), target.astype(np.uint8)  # 8x less to send to a worker
         for p, t in zip(pred, target):
-            args = (p, t, self.num_classes, self.ignore_index, self.mode)
+            args = (p, t, self.num_classes, self.ignore_index, self.mode, self.void)
             self._results.append(self.executor.submit(image_bf_score, *args) if self.executor else image_bf_score(*args))
 
     @property
@@ -234,4 +263,4 @@ class BoundaryF1:
         finite = images[np.isfinite(images)]
         mean = float(finite.mean()) if len(finite) else float("nan")
         return {"mean_bf_score": mean, "class_bf_score": per_class.tolist(), "bf_mode": self.mode,
-                "bf_images": int(np.isfinite(images).sum())}
+                "bf_void": self.void, "bf_images": int(np.isfinite(images).sum())}

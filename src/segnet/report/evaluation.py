@@ -25,7 +25,8 @@ def percent(value) -> str:
 
 def format_metrics_table(metrics: dict) -> str:
     """A compact terminal table: the summary line, then one line per class."""
-    bf = f" (BF {metrics['bf_mode']})" if metrics.get("bf_mode") else ""
+    bf = (f" (BF {metrics['bf_mode']}, void {metrics.get('bf_void') or 'mask (before bf_void was recorded)'})" if metrics.get("bf_mode")
+          else "")
     lines = [f"{metrics['dataset']}: {metrics['images']} images{bf}",
              "  ".join(f"{label} {percent(metrics[key])}" for key, label in SUMMARY), ""]
     width = max(len(c["name"]) for c in metrics["classes"])
@@ -112,8 +113,8 @@ img {{ max-width: 100%; margin: 0.5em 0; }}
 <h1>Evaluation: {esc(metrics['dataset'])}, {metrics['images']} images</h1>
 <p class="note">All scores in percent. G: global pixel accuracy; C: class average accuracy; mIoU: mean
 intersection over union (dataset-level confusion matrix, void ignored); wIoU: IoU weighted by class
-frequency; BF: boundary F1 ({esc(str(metrics.get('bf_mode')))} matching, tolerance 0.75% of the diagonal),
-mean over images.</p>
+frequency; BF: boundary F1 ({esc(str(metrics.get('bf_mode')))} matching, tolerance 0.75% of the diagonal,
+ground-truth void treated as {esc(str(metrics.get('bf_void') or 'mask (before bf_void was recorded)'))}), mean over images.</p>
 <table class="summary">{summary}</table>
 <h2>Per class</h2>
 <table><tr><th>class</th><th>accuracy</th><th>IoU</th><th>BF</th><th>pixels</th></tr>{classes}</table>
