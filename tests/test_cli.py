@@ -8,7 +8,8 @@ from segnet.cli import main
 MODELS = [
     "segnet", "bayesian_segnet", "segnet_basic", "bayesian_segnet_basic", "segnet_basic_encoder_addition",
     "segnet_basic_single_channel_decoder", "bilinear_interpolation", "fcn_basic", "fcn_basic_no_addition",
-    "fcn_basic_no_dim_reduction", "fcn_basic_no_addition_no_dim_reduction",
+    "fcn_basic_no_dim_reduction", "fcn_basic_no_addition_no_dim_reduction", "fcn8s", "fcn_bilinear", "deeplab_largefov",
+    "deconvnet",
 ]
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from .basic import BAYESIAN_LEVELS as BASIC_BAYESIAN_LEVELS
 from .basic import FCNBasic, SegNetBasic
+from .comparison import deconvnet, deeplab_largefov, fcn8s, fcn_bilinear
 from .segnet import bayesian_segnet, segnet
 
 log = logging.getLogger("segnet")
@@ -158,5 +159,15 @@ for _info in (
         "fcn_basic_no_addition_no_dim_reduction", _fcn(False, False),
         "FCN-Basic at 64 channels without encoder addition", 1.625, **_BASIC,
     ),
+    # The paper's comparison networks (Tables 3 and 6); counts from Table 6's model sizes (MB / 4).
+    ModelInfo("fcn8s", fcn8s, "FCN-8s: VGG16, fc6/fc7 as 4,096-channel convs, learnt 2x-2x-8x deconv, pool3/4 skips",
+              134.75, vgg_encoder=True),
+    ModelInfo("fcn_bilinear", fcn_bilinear, "FCN-8s with fixed bilinear upsampling (no learnt deconvolution)",
+              None, vgg_encoder=True),
+    ModelInfo("deeplab_largefov", deeplab_largefov,
+              "DeepLab-LargeFOV (v1): dilated VGG16, fc6 3x3 dilation 12, 1,024 channels, scores at 1/8",
+              20.75, vgg_encoder=True),
+    ModelInfo("deconvnet", deconvnet, "DeconvNet: VGG16, 1,024-channel fc6/fc7, mirrored deconvolutions with unpooling",
+              219.25, vgg_encoder=True),
 ):
     register(_info)
