@@ -175,3 +175,21 @@ def test_int8_quantization_runs_and_stays_close(tmp_path):
     with pytest.raises(ValueError, match="calibration"):
         quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "bad.onnx", np.zeros((0, 3, 45, 61), np.float32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx", "int8.onnx"]  # nothing half-written
+
+
+def test_table6_columns_and_ratios_to_segnet():
+    from segnet.benchmark import PAPER_TABLE6, TABLE6_COLUMNS, run_table6, table6_markdown
+
+    result = run_table6(("segnet", "deeplab_largefov"), size=(33, 45), repeats=1, progress=False)
+    segnet_row, deeplab = result["table6"]
+    for row in result["table6"]:
+        for column in ("forward_ms", "backward_ms", "model_mb"):
+            assert row[column] > 0
+    assert all(segnet_row[f"{c}_ratio"] == 1.0 for c in TABLE6_COLUMNS if segnet_row.get(c) is not None)
+    assert deeplab["model_mb_ratio"] == pytest.approx(20_507_723 / 29_449_355)  # fp32 weights, 4 bytes each
+    assert deeplab["inference_memory_mb_paper_ratio"] == pytest.approx(1993 / 1052)
+    assert deeplab["paper"] == PAPER_TABLE6["deeplab_largefov"]
+    if segnet_row["train_memory_mb"] is not None:  # Linux: measured in a fresh process
+        assert segnet_row["train_memory_mb"] > segnet_row["inference_memory_mb"] > 0
+    table = table6_markdown(result)
+    assert "| deeplab_largefov | 20.5 |" in table and "paper 1.89x" in table

@@ -116,6 +116,161 @@ def isolated_inference_memory_mb(name: str, size=(360, 480), num_classes: int = 
     return float(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else None
 
 
+_ISOLATED_TRAINING = """
+import torch
+from pathlib import Path
+from segnet.models import create_model
+def rss():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+torch.set_num_threads({threads})
+torch.manual_seed(0)
+base = rss()
+model = create_model({name!r}, {classes}).train()
+optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+x = torch.rand({batch}, 3, {height}, {width})
+y = torch.randint(0, {classes}, ({batch}, {height}, {width}))
+for _ in range(2):  # the second step holds the momentum buffers too
+    optimizer.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+peak = [int(l.split()[1]) / 1024 for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:")][0]
+print(peak - base)
+"""
+
+# Table 6 of the paper (360x480, Caffe, a 2015 NVIDIA Titan-class GPU): forward and backward
+# ms at batch 1, training memory MB at batch 4, inference memory MB at batch 1, model MB.
+PAPER_TABLE6 = {
+    "segnet": {"forward_ms": 422.50, "backward_ms": 488.71, "train_memory_mb": 6803, "inference_memory_mb": 1052,
+               "model_mb": 117},
+    "deeplab_largefov": {"forward_ms": 110.06, "backward_ms": 160.73, "train_memory_mb": 5618,
+                         "inference_memory_mb": 1993, "model_mb": 83},
+    "fcn8s": {"forward_ms": 317.09, "backward_ms": 484.11, "train_memory_mb": 9735, "inference_memory_mb": 1806,
+              "model_mb": 539},
+    "deconvnet": {"forward_ms": 474.65, "backward_ms": 602.15, "train_memory_mb": 9731, "inference_memory_mb": 1872,
+                  "model_mb": 877},
+}
+TABLE6_COLUMNS = ("forward_ms", "backward_ms", "train_memory_mb", "inference_memory_mb", "model_mb")
+
+
+def isolated_training_memory_mb(name: str, size=(360, 480), batch: int = 4, num_classes: int = 11) -> float | None:
+    """CPU training memory at ``batch``: a fresh process's peak RSS over two SGD steps
+    (weights, gradients, momentum, activations kept for backward) minus its RSS after
+    importing torch. None where /proc is missing or the step fails (e.g. out of memory)."""
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/clear_refs").exists():
+        return None
+    code = _ISOLATED_TRAINING.format(threads=torch.get_num_threads(), name=name, classes=num_classes, batch=batch,
+                                     height=size[0], width=size[1])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
+    return float(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else None
+
+
+def table6_row(name: str, size=(360, 480), device="cpu", repeats: int = 3, num_classes: int = 11) -> dict:
+    """One network's Table 6 columns, measured as the paper did with ``caffe time``: forward
+    and backward ms of a training-mode pass at batch 1 (fp32), training memory at batch 4,
+    inference memory at batch 1 (both in a fresh process on CPU; CUDA: max allocated), and
+    the fp32 model size."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    model = create_model(name, num_classes).to(device).train()
+    x = torch.rand(1, 3, *size, device=device)
+    y = torch.randint(0, num_classes, (1, *size), device=device)
+    forward = _median_seconds(lambda: model(x), repeats, 1, device)
+
+    def backward_seconds() -> float:
+        loss = nn.functional.cross_entropy(model(x), y)
+        _sync(device)
+        start = time.perf_counter()
+        loss.backward()
+        _sync(device)
+        return time.perf_counter() - start
+
+    backward_seconds()  # warm-up
+    backward = statistics.median(backward_seconds() for _ in range(repeats))
+    row = {"model": name, "params_m": count_parameters(model) / 1e6, "forward_ms": forward * 1000,
+           "backward_ms": backward * 1000,
+           "model_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6}
+    if cuda:
+        del model
+        for batch, key, train in ((4, "train_memory_mb", True), (1, "inference_memory_mb", False)):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            net = create_model(name, num_classes).to(device).train(train)
+            xb = torch.rand(batch, 3, *size, device=device)
+            if train:
+                optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+                for _ in range(2):
+                    optimizer.zero_grad()
+                    nn.functional.cross_entropy(net(xb), torch.randint(0, num_classes, (batch, *size),
+                                                                        device=device)).backward()
+                    optimizer.step()
+            else:
+                with torch.no_grad():
+                    net(xb)
+            row[key] = torch.cuda.max_memory_allocated(device) / 2**20
+            del net
+    else:
+        row["train_memory_mb"] = isolated_training_memory_mb(name, size, 4, num_classes)
+        row["inference_memory_mb"] = isolated_inference_memory_mb(name, size, num_classes)
+    return row
+
+
+def run_table6(models=("segnet", "deeplab_largefov", "fcn8s", "fcn_bilinear", "deconvnet"), size=(360, 480),
+               device="cpu", repeats: int = 3, progress: bool = True) -> dict:
+    """Table 6 for ``models``, measured in one run, with each column's ratio to SegNet here
+    and in the paper."""
+    from tqdm import tqdm
+
+    device = check_device(device)
+    rows = [table6_row(name, size, device, repeats)
+            for name in tqdm(models, desc="table 6", unit="model", disable=not progress)]
+    reference = next((row for row in rows if row["model"] == "segnet"), None)
+    for row in rows:
+        paper = PAPER_TABLE6.get(row["model"])
+        row["paper"] = paper
+        for column in TABLE6_COLUMNS:
+            ours = row.get(column)
+            base = reference.get(column) if reference else None
+            row[f"{column}_ratio"] = ours / base if ours is not None and base else None
+            row[f"{column}_paper_ratio"] = (paper[column] / PAPER_TABLE6["segnet"][column]) if paper else None
+    return {"device": _device_name(device), "size": list(size), "torch": torch.__version__, "table6": rows}
+
+
+def table6_markdown(result: dict) -> str:
+    """Table 6 side by side: each column as ours (ratio to SegNet here | in the paper)."""
+    lines = [f"Device: {result['device']}; input {result['size'][0]}x{result['size'][1]}; torch {result['torch']}; "
+             "fp32, training-mode forward/backward at batch 1 (median), training memory at batch 4 and inference "
+             "memory at batch 1 (CPU: a fresh process's peak RSS minus its RSS after importing torch; CUDA: max "
+             "allocated), model MB = fp32 parameters. Each cell: ours (its ratio to SegNet here; the same ratio in the paper's Table 6).", "",
+             "| network | params (M) | forward ms | backward ms | train MB (batch 4) | inference MB | model MB |",
+             "|---|---|---|---|---|---|---|"]
+
+    def cell(row: dict, column: str) -> str:
+        value = row.get(column)
+        if value is None:
+            return "-"
+        ratio, paper = row.get(f"{column}_ratio"), row.get(f"{column}_paper_ratio")
+        ratios = f"{ratio:.2f}x" if ratio is not None else "-"
+        ratios += f"; paper {paper:.2f}x" if paper is not None else ""
+        return f"{value:.0f} ({ratios})"
+
+    for row in result["table6"]:
+        lines.append(f"| {row['model']} | {row['params_m']:.1f} | " + " | ".join(cell(row, c) for c in TABLE6_COLUMNS)
+                     + " |")
+    return "\n".join(lines)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = cpu_description()
+    return f"{cpu['model']} ({' '.join(cpu['flags'])}), {torch.get_num_threads()} threads"
+
+
 def _runner(model: nn.Module, variant: str, device: torch.device):
     """A function batch -> output for this variant, or None when it does not apply here."""
     cuda = device.type == "cuda"
@@ -208,12 +363,7 @@ def run_benchmark(models=None, size=(360, 480), device="cpu", variants=None, bat
     for row in rows:
         for result in row["variants"].values():
             result["fraction_of_matmul_peak"] = result["achieved_gflops_per_s"] * 1e9 / peak
-    if cuda:
-        device_name = torch.cuda.get_device_name(device)
-    else:
-        cpu = cpu_description()
-        device_name = f"{cpu['model']} ({' '.join(cpu['flags'])}), {torch.get_num_threads()} threads"
-    return {"device": device_name, "size": list(size), "matmul_peak_gflops_per_s": peak / 1e9,
+    return {"device": _device_name(device), "size": list(size), "matmul_peak_gflops_per_s": peak / 1e9,
             "matmul_dtype": "bf16" if cuda else "fp32", "torch": torch.__version__, "rows": rows}
 
 
@@ -245,6 +395,6 @@ def write_benchmark(result: dict, path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     md, js = path.with_suffix(".md"), path.with_suffix(".json")
-    md.write_text(markdown_table(result) + "\n")
+    md.write_text((table6_markdown(result) if "table6" in result else markdown_table(result)) + "\n")
     js.write_text(json.dumps(result, indent=2) + "\n")
     return [md, js]

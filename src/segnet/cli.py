@@ -285,10 +285,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from .benchmark import markdown_table, run_benchmark, write_benchmark
+    from .benchmark import markdown_table, run_benchmark, run_table6, table6_markdown, write_benchmark
 
-    result = run_benchmark(args.models, args.size, args.device, args.variants, args.batch_sizes, args.repeats)
-    print(markdown_table(result))
+    if args.table6:
+        result = run_table6(tuple(args.models) if args.models else
+                            ("segnet", "deeplab_largefov", "fcn8s", "fcn_bilinear", "deconvnet"),
+                            args.size, args.device, args.repeats)
+        print(table6_markdown(result))
+    else:
+        result = run_benchmark(args.models, args.size, args.device, args.variants, args.batch_sizes, args.repeats)
+        print(markdown_table(result))
     if args.out:
         print("wrote " + ", ".join(str(p) for p in write_benchmark(result, args.out)))
     return 0
@@ -586,6 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(avx512_bf16/amx_bf16), and onnxruntime on CPU")
     p.add_argument("--batch-sizes", type=_positive_int, nargs="+", help="default: 1 2 (CPU), 1 8 32 64 (CUDA)")
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats per measurement (default: 3)")
+    p.add_argument("--table6", action="store_true",
+                   help="the paper's Table 6 instead: forward/backward ms (batch 1), training memory (batch 4), "
+                   "inference memory, model size, with ratios to SegNet here and in the paper (default models: "
+                   "segnet deeplab_largefov fcn8s fcn_bilinear deconvnet)")
     p.add_argument("--out", help="write FILE.md and FILE.json")
     p.set_defaults(func=cmd_benchmark, out_kind="file")
 
