@@ -243,13 +243,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     model, meta, normalization, input_size, _ = _model_for_inference(args)
     written, failures = predict_files(model, meta, normalization, args.inputs, args.out, input_size,
-                                      args.mc_samples, args.batch_size, amp=args.amp)
+                                      args.mc_samples, args.batch_size, amp=args.amp, video_labels=args.video_labels,
+                                      smooth=args.smooth)
     for path, why in failures:
         print(f"segnet: skipped: {why}" if str(path) in why else f"segnet: skipped {path}: {why}", file=sys.stderr)
     on_disk = {p for p in written if p.is_file()}  # what is really there (names are unique per input)
     images = sum(1 for p in on_disk if p.name.endswith("_overlay.png"))
-    print(f"{images} image(s) segmented, {len(failures)} failed; {len(on_disk)} files in {args.out} "
-          "(NAME.png: class ids with the palette; NAME_overlay.png; NAME_uncertainty.png with --mc-samples)")
+    videos = sum(1 for p in on_disk if p.name.endswith("_overlay.mp4"))
+    print(f"{images} image(s){f' and {videos} video(s)' if videos else ''} segmented, {len(failures)} failed; "
+          f"{len(on_disk)} files in {args.out} (NAME.png: class ids with the palette; NAME_overlay.png; "
+          "NAME_uncertainty.png with --mc-samples; NAME_overlay.mp4 and NAME_labels/ for videos)")
     return 1 if failures else 0
 
 
@@ -529,16 +532,24 @@ def build_parser() -> argparse.ArgumentParser:
     _amp_option(p)
     p.set_defaults(func=cmd_evaluate, out_kind="folder")
 
-    p = sub.add_parser("predict", help="segment images: label PNGs, overlays, uncertainty maps",
-                       description="Segment image files, folders and globs. Writes per input NAME.png (palette PNG "
-                       "whose pixel values are class ids), NAME_overlay.png, and with --mc-samples (Bayesian models) "
-                       "NAME_uncertainty.png. Unreadable inputs are reported and skipped; exit status 1 if any failed. "
+    p = sub.add_parser("predict", help="segment images and videos: label PNGs, overlays, uncertainty maps",
+                       description="Segment image and video files, folders and globs. Writes per image NAME.png "
+                       "(palette PNG whose pixel values are class ids), NAME_overlay.png, and with --mc-samples "
+                       "(Bayesian models) NAME_uncertainty.png; per video (MP4, MOV, AVI, MKV, WebM) NAME_overlay.mp4 "
+                       "(H.264, the input's frame rate, its audio copied when MP4 can hold it) and with "
+                       "--video-labels NAME_labels/NNNNNN.png. Frames stream through in batches, so memory stays flat. "
+                       "Unreadable inputs are reported and skipped; exit status 1 if any failed. "
                        "With no --checkpoint/--model, the shipped CamVid SegNet-Basic is used (offline).")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders or glob patterns")
     _model_source(p, default_pretrained=DEFAULT_PRETRAINED)
     p.add_argument("--out", default="segmented", help="output folder (default: ./segmented)")
     p.add_argument("--mc-samples", type=int, default=0, help="Monte Carlo dropout samples (Bayesian models)")
-    p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default: 4)")
+    p.add_argument("--batch-size", type=_positive_int, default=4,
+                   help="images or video frames per forward pass (default: 4)")
+    p.add_argument("--video-labels", action="store_true", help="videos: also write one label map per frame")
+    p.add_argument("--smooth", type=float, default=0.0, metavar="ALPHA",
+                   help="videos: average class probabilities over frames, p = ALPHA * previous + (1 - ALPHA) * "
+                   "current (default 0: off; see docs/results.md for what it does on CamVid)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     _amp_option(p)
     p.set_defaults(func=cmd_predict, out_kind="folder")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from ..data import DatasetMeta, load_image
 from ..files import atomic_path
 from .evaluate import predict_labels
 from .precision import autocast, resolve_amp
+from .video import VIDEO_SUFFIXES, is_video, segment_video
 
 
 def segment(model: nn.Module, image, normalization: dict, input_size: tuple[int, int] | None = None,
@@ -81,7 +83,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+            paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES))
         elif any(ch in item for ch in "*?["):
             paths.extend(sorted(Path(p) for p in glob.glob(item, recursive=True)))
         else:
@@ -127,8 +129,13 @@ def uncertainty_png(variance: np.ndarray) -> Image.Image:
 
 def predict_files(model: nn.Module, meta: DatasetMeta, normalization: dict, inputs: list[str], out_dir,
                   input_size: tuple[int, int] | None = None, mc_samples: int = 0, batch_size: int = 4,
-                  progress: bool = True, amp: str = "auto") -> tuple[list[Path], list[tuple[str, str]]]:
-    """Segment every input image; returns (written files, [(input, why it failed)]).
+                  progress: bool = True, amp: str = "auto", video_labels: bool = False,
+                  smooth: float = 0.0) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Segment every input image and video; returns (written files, [(input, why it failed)]).
+
+    Videos (``is_video``) go through ``segment_video``: ``NAME_overlay.mp4``, with
+    ``video_labels`` a ``NAME_labels/`` folder of per-frame label maps, and ``smooth`` the
+    temporal smoothing of class probabilities (0: off).
 
     Every per-image failure (unreadable, too small for the network, ...) is reported with
     its file and skipped; the rest are still processed. Images of equal size are batched.
@@ -153,10 +160,29 @@ def predict_files(model: nn.Module, meta: DatasetMeta, normalization: dict, inpu
     device = next(model.parameters()).device
     precision = resolve_amp(amp, device)
     model.eval()
-    with tqdm(total=len(paths), desc="segmenting", unit="img", disable=not progress) as bar:
-        for first in range(0, len(paths), batch_size):
+    videos = [index for index, path in enumerate(paths) if is_video(path)]
+    if videos and mc_samples:
+        raise ValueError("--mc-samples applies to images, not videos; leave it out for "
+                         f"{paths[videos[0]]}")
+    for index in videos:
+        try:
+            result = segment_video(model, meta, normalization, paths[index], out, stems[index], input_size,
+                                   batch_size, amp, write_labels=video_labels, smooth=smooth, progress=progress)
+        except (DataError, ValueError, OSError) as error:
+            failures.append((str(paths[index]), str(error)))
+            continue
+        written.append(result["overlay"])
+        if result["labels"] is not None:
+            written += sorted(result["labels"].iterdir())
+        if progress:
+            logging.getLogger("segnet").info(f"{paths[index]}: {result['frames']} frames at {result['fps']:g} fps segmented in "
+                  f"{result['seconds']:.1f} s ({result['frames_per_s']:.1f} frames/s); audio {result['audio']}; "
+                  f"-> {result['overlay']}")
+    image_indices = [index for index in range(len(paths)) if index not in set(videos)]
+    with tqdm(total=len(image_indices), desc="segmenting", unit="img", disable=not progress or not image_indices) as bar:
+        for first in range(0, len(image_indices), batch_size):
             by_size: dict[tuple, list] = {}
-            for index in range(first, min(first + batch_size, len(paths))):
+            for index in image_indices[first:first + batch_size]:
                 try:
                     image = load_image(paths[index])
                 except (DataError, OSError) as error:

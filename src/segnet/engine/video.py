@@ -1,0 +1,158 @@
+"""Segment a video: frames stream through the model in batches and come out as an overlay
+video (and, when asked, one label map per frame), so memory stays flat however long it is.
+
+Decoding and encoding use PyAV (FFmpeg). The overlay is H.264 in an MP4 at the input's
+frame rate; the audio stream is copied across when MP4 can hold its codec and dropped,
+with the reason, when it cannot.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import DataError, DatasetMeta
+from ..files import atomic_path
+from .evaluate import predict_logits
+from .precision import resolve_amp
+
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg"}
+# audio codecs an MP4 file can carry as they are (anything else is dropped, and the result says so)
+MP4_AUDIO_CODECS = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a video file (by its suffix)."""
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+class TemporalSmoothing:
+    """Exponential moving average of class probabilities over consecutive frames:
+    ``p'_t = alpha * p'_(t-1) + (1 - alpha) * p_t``; ``alpha`` 0 is no smoothing."""
+
+    def __init__(self, alpha: float) -> None:
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"--smooth must be in [0, 1), not {alpha}")
+        self.alpha, self.state = alpha, None
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(N, K, H, W)`` logits of consecutive frames -> their labels ``(N, H, W)``."""
+        if self.alpha == 0.0:
+            return logits.argmax(1)
+        labels = []
+        for probabilities in logits.softmax(1):
+            if self.state is None or self.state.shape != probabilities.shape:
+                self.state = probabilities
+            else:
+                self.state = self.alpha * self.state + (1 - self.alpha) * probabilities
+            labels.append(self.state.argmax(0))
+        return torch.stack(labels)
+
+    def reset(self) -> None:
+        self.state = None
+
+
+def segment_video(model: nn.Module, meta: DatasetMeta, normalization: dict, path: str | os.PathLike,
+                  out_dir: str | os.PathLike, stem: str, input_size: tuple[int, int] | None = None,
+                  batch_size: int = 4, amp: str = "auto", write_labels: bool = False, smooth: float = 0.0,
+                  progress: bool = True) -> dict:
+    """Segment every frame of the video at ``path``; write ``out_dir/STEM_overlay.mp4`` and,
+    with ``write_labels``, ``out_dir/STEM_labels/NNNNNN.png`` (class ids with the palette).
+
+    Returns ``{"overlay", "labels", "frames", "seconds", "frames_per_s", "fps", "audio"}``;
+    ``audio`` says whether the sound was copied, absent or dropped (and why). A video that
+    cannot be read raises ``DataError`` naming the file; the overlay video is written
+    atomically, so a failure never leaves a half-written one.
+    """
+    import av
+    from tqdm import tqdm
+
+    from .predict import overlay, palette_png
+
+    path, out = Path(path), Path(out_dir)
+    try:
+        source = av.open(str(path))
+    except (av.FFmpegError, OSError) as error:
+        raise DataError(f"{path}: not a readable video ({error}); give an MP4, MOV, AVI, MKV or WebM file") from None
+    device = next(model.parameters()).device
+    precision = resolve_amp(amp, device)
+    smoothing = TemporalSmoothing(smooth)
+    model.eval()
+    target = out / f"{stem}_overlay.mp4"
+    labels_dir = out / f"{stem}_labels" if write_labels else None
+    with source:
+        if not source.streams.video:
+            raise DataError(f"{path}: has no video stream")
+        video = source.streams.video[0]
+        video.thread_type = "AUTO"
+        rate = video.average_rate or video.guessed_rate or Fraction(25)
+        audio = source.streams.audio[0] if source.streams.audio else None
+        audio_note = "none in the input"
+        if audio is not None and audio.codec_context.name not in MP4_AUDIO_CODECS:
+            audio_note = f"dropped ({audio.codec_context.name} audio cannot go into MP4 as it is)"
+            audio = None
+        out.mkdir(parents=True, exist_ok=True)
+        if labels_dir is not None:
+            labels_dir.mkdir(exist_ok=True)
+        frames, start = 0, time.perf_counter()
+        with atomic_path(target) as tmp, tqdm(total=video.frames or None, desc=f"segmenting {path.name}",
+                                              unit="frame", disable=not progress) as bar:
+            sink = av.open(str(tmp), "w", format="mp4")
+            try:
+                encoder = sink.add_stream("libx264", rate=rate)
+                encoder.pix_fmt, encoder.options = "yuv420p", {"crf": "20"}
+                # H.264 in yuv420p needs even sides: an odd last row or column is left out
+                encoder.width, encoder.height = video.codec_context.width // 2 * 2, video.codec_context.height // 2 * 2
+                copied = sink.add_stream_from_template(audio) if audio is not None else None
+                if copied is not None:
+                    audio_note = f"copied ({audio.codec_context.name})"
+                pending: list[np.ndarray] = []
+
+                def flush() -> None:
+                    nonlocal frames
+                    if not pending:
+                        return
+                    batch = torch.from_numpy(np.stack(pending)).permute(0, 3, 1, 2).to(device)
+                    with torch.inference_mode():
+                        labels = smoothing(predict_logits(model, batch, normalization, input_size, precision))
+                    for picture, label in zip(pending, labels.cpu().numpy()):
+                        blended = np.asarray(overlay(picture, label, meta))
+                        blended = np.ascontiguousarray(blended[: encoder.height, : encoder.width])
+                        for packet in encoder.encode(av.VideoFrame.from_ndarray(blended, format="rgb24")):
+                            sink.mux(packet)
+                        frames += 1
+                        if labels_dir is not None:
+                            with atomic_path(labels_dir / f"{frames:06d}.png") as label_tmp:
+                                palette_png(label, meta).save(label_tmp, format="PNG")
+                    bar.update(len(pending))
+                    pending.clear()
+
+                streams = [video] + ([audio] if copied is not None else [])
+                for packet in source.demux(*streams):
+                    if packet.stream.type == "audio":
+                        if packet.dts is not None:
+                            packet.stream = copied
+                            sink.mux(packet)
+                        continue
+                    for frame in packet.decode():
+                        pending.append(frame.to_ndarray(format="rgb24"))
+                        if len(pending) == batch_size:
+                            flush()
+                flush()
+                if frames == 0:
+                    raise DataError(f"{path}: no frame could be decoded")
+                for packet in encoder.encode(None):
+                    sink.mux(packet)
+            except av.FFmpegError as error:
+                raise DataError(f"{path}: the video could not be decoded to the end ({error})") from None
+            finally:
+                sink.close()
+    seconds = time.perf_counter() - start
+    return {"overlay": target, "labels": labels_dir, "frames": frames, "seconds": seconds,
+            "frames_per_s": frames / seconds if seconds else 0.0, "fps": float(rate), "audio": audio_note}
