@@ -6,7 +6,8 @@ For each model: the real training step (resident CamVid batches at 360x480, clas
 loss normalised by valid pixels, SGD), timed over --steps steps after warm-up, once with
 the loader in the loop and once on a batch already on the device. The gap is what the step
 spends waiting on data and Python; images/s also gives the time per CamVid epoch (367
-images). On CUDA: bf16 autocast and channels_last, as `segnet train` uses them.
+images). channels_last and `--amp auto` (bf16 on CUDA and on CPUs with native bf16), as
+`segnet train` uses them; `--crop HxW` times training on random windows as `--crop` does.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from contextlib import nullcontext
 
 import torch
 
 from segnet.data import ResidentLoader
+from segnet.engine.precision import autocast, cpu_description, resolve_amp
 from segnet.engine.recipes import TrainConfig
 from segnet.engine.train import load_split, weighted_loss_sum
 from segnet.models import create_model, model_info
@@ -33,6 +34,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--images", type=int, default=32, help="training images kept resident (default: 32)")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                        help="as segnet train: auto is bf16 on CUDA and on CPUs with native bf16")
+    parser.add_argument("--crop", help="HxW random training windows, as segnet train --crop (default: whole frames)")
     parser.add_argument("--out", help="write the results as JSON")
     args = parser.parse_args()
 
@@ -42,22 +46,22 @@ def main() -> None:
     images, labels, meta = load_split(config, "train", progress=False)
     images, labels = images[: args.images].to(device), labels[: args.images].to(device)
     weights = torch.ones(meta.num_classes, device=device)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else nullcontext
+    precision = resolve_amp(args.amp, device)
+    crop = [int(v) for v in args.crop.split("x")] if args.crop else None
+    size = f"{crop[0]}x{crop[1]} crops" if crop else "360x480"
     results = []
     for name in args.models:
         normalization = model_info(name).normalization
         model = create_model(name, meta.num_classes).to(device).train()
-        if cuda:
-            model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # as segnet train (channels_last: true)
         step_model = torch.compile(model) if args.compile else model
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         loader = ResidentLoader(images, labels, args.batch_size, normalization["mean"], normalization["std"],
-                                meta.ignore_index, drop_last=True)
+                                meta.ignore_index, drop_last=True, crop=crop)
 
         def step(x, y):
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast():
+            x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(precision, device):
                 logits = step_model(x)
             total, norm = weighted_loss_sum(logits, y, weights, meta.ignore_index, "valid_pixels")
             (total / norm).backward()
@@ -85,13 +89,18 @@ def main() -> None:
             return (time.perf_counter() - start) / args.steps
 
         with_data, compute_only = timed(True), timed(False)
-        row = {"model": name, "device": torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads",
+        if cuda:
+            device_name = torch.cuda.get_device_name(device)
+        else:
+            cpu = cpu_description()
+            device_name = f"{cpu['model']} ({' '.join(cpu['flags'])}), {torch.get_num_threads()} threads"
+        row = {"model": name, "device": device_name, "precision": precision, "input": size,
                "batch_size": args.batch_size, "step_s": with_data, "step_s_fixed_batch": compute_only,
                "images_per_s": args.batch_size / with_data, "camvid_epoch_s": 367 / (args.batch_size / with_data),
                "data_wait_fraction": max(with_data - compute_only, 0) / with_data,
                "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None}
         results.append(row)
-        print(f"{name}: {row['images_per_s']:.2f} img/s (batch {args.batch_size}, 360x480), "
+        print(f"{name}: {row['images_per_s']:.2f} img/s (batch {args.batch_size}, {size}, {precision}), "
               f"{row['camvid_epoch_s']:.0f} s per CamVid epoch; waiting on data {row['data_wait_fraction']:.1%} "
               f"of the step" + (f"; peak {row['peak_memory_mb']:.0f} MB" if cuda else ""))
     if args.out:

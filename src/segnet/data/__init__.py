@@ -11,7 +11,7 @@ from .io import DataError, DataNotFoundError, DatasetMeta, load_image, load_labe
 from .pack import PackedDataset, decode_split, pack_dataset, read_pack
 from .resident import ResidentLoader
 from .synthetic import SYNTHETIC_META, SyntheticRoadScenes
-from .transforms import augmentation, normalize
+from .transforms import normalize
 
 # name -> (builder(root, split, transform, **options), needs a root)
 DATASETS: dict[str, tuple[Callable, bool]] = {
@@ -45,6 +45,6 @@ def build_dataset(name: str, root: str | Path | None = None, split: str = "train
 __all__ = [
     "CAMVID_META", "DATASETS", "SPLITS", "SUNRGBD_META", "SYNTHETIC_META", "CamVid", "DataError", "DataNotFoundError", "DatasetMeta",
     "FolderDataset", "PackedDataset", "PairDataset", "ResidentLoader", "SUNRGBD", "SyntheticRoadScenes",
-    "augmentation", "build_dataset", "compute_class_weights", "decode_split", "list_datasets", "load_image",
+    "build_dataset", "compute_class_weights", "decode_split", "list_datasets", "load_image",
     "load_label", "median_frequency_weights", "normalize", "pack_dataset", "read_pack",
 ]

@@ -12,6 +12,7 @@ from PIL import Image
 from torch import nn
 
 from ..data import DatasetMeta, load_image
+from ..data.datasets import IMAGE_SUFFIXES
 from ..files import atomic_path
 from .evaluate import predict_labels
 from .precision import autocast, resolve_amp
@@ -71,7 +72,6 @@ def write_prediction(image: torch.Tensor, labels: torch.Tensor, meta: DatasetMet
     return paths
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -83,7 +83,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+            paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in set(IMAGE_SUFFIXES) | VIDEO_SUFFIXES))
         elif any(ch in item for ch in "*?["):
             paths.extend(sorted(Path(p) for p in glob.glob(item, recursive=True)))
         else:

@@ -105,17 +105,3 @@ def check_input_size(x: Tensor, levels: int, model_name: str) -> None:
             f"{model_name} has {levels} pooling levels and needs inputs of at least "
             f"{minimum}x{minimum} pixels; got {height}x{width}. Resize or pad the image."
         )
-
-
-class MaxPoolWithIndices(nn.Module):
-    """Module form of :func:`max_pool_with_indices` (shows up in model printouts)."""
-
-    def forward(self, x: Tensor) -> tuple[Tensor, PoolRecord]:
-        return max_pool_with_indices(x)
-
-
-class MaxUnpool(nn.Module):
-    """Module form of :func:`max_unpool`."""
-
-    def forward(self, x: Tensor, record: PoolRecord) -> Tensor:
-        return max_unpool(x, record)
