@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -142,19 +141,29 @@ def _weights(path: Path) -> dict:
     return load_checkpoint(path)["state_dict"]
 
 
+# Runs `segnet train ARGS` and kills itself with SIGKILL at training step N (the Nth loss):
+# a kill -9 at a known point, whatever the machine's load.
+_DIE_AT_STEP = """
+import os, signal, sys
+import segnet.engine.train as engine_train
+real, calls = engine_train.weighted_loss_sum, [0]
+def dying(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+engine_train.weighted_loss_sum = dying
+from segnet.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def test_killed_run_resumes_to_identical_weights(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_train_command(straight, "--epochs", "3"), env=ENV, check=True, capture_output=True, timeout=300)
-    process = subprocess.Popen(_train_command(killed, "--epochs", "3"), env=ENV, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    # wait until epoch 1 is checkpointed, then kill in the middle of epoch 2
-    deadline = time.time() + 240
-    while time.time() < deadline and not (killed / "metrics.csv").exists():
-        time.sleep(0.05)
-    epoch_seconds = float(list(csv.DictReader(open(killed / "metrics.csv")))[0]["seconds"])
-    time.sleep(epoch_seconds / 2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    # 12 steps per epoch: step 18 is in the middle of epoch 2
+    command = [sys.executable, "-c", _DIE_AT_STEP, "18", *_train_command(killed, "--epochs", "3")[3:]]
+    process = subprocess.run(command, env=ENV, capture_output=True, timeout=300)
     assert process.returncode == -signal.SIGKILL
     assert load_checkpoint(killed / "last.pt")["epoch"] == 1  # it really died mid-run
     subprocess.run(_train_command(killed, "--resume"), env=ENV, check=True, capture_output=True, timeout=300)
