@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,export]'
+	$(PY) -m pip install --quiet -e '.[test,export,serve]'
 	touch $(STAMP)
 
 demo: $(STAMP)

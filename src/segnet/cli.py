@@ -256,6 +256,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .models.mc_dropout import has_dropout
+    from .serve.app import create_app, run_server
+
+    model, meta, normalization, input_size, source = _model_for_inference(args)
+    name = args.model or (args.pretrained if not args.checkpoint else Path(args.checkpoint).name)
+    if args.mc_samples and not has_dropout(model):
+        raise ValueError("--mc-samples needs a Bayesian model (with dropout), e.g. bayesian_segnet_basic")
+    example = _example_image()
+    app = create_app(model, meta, normalization, input_size, source, name, args.mc_samples, args.amp,
+                     args.max_batch, args.max_wait_ms, args.max_queue, args.max_upload_mb, example)
+    print(f"serving {name} at http://{args.host}:{args.port}/  (API: /docs; Ctrl-C stops)")
+    run_server(app, args.host, args.port)
+    return 0
+
+
+def _example_image() -> Path | None:
+    """A street image for the page's example button: CamVid's first test frame when CamVid
+    is beside the checkout, else none."""
+    camvid = Path(os.environ.get("SEGNET_CAMVID", Path(__file__).resolve().parents[3] / "shared/data/CamVid"))
+    frames = sorted((camvid / "test").glob("*.png")) if (camvid / "test").is_dir() else []
+    return frames[0] if frames else None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
 
@@ -553,6 +577,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     _amp_option(p)
     p.set_defaults(func=cmd_predict, out_kind="folder")
+
+    p = sub.add_parser("serve", help="a local web app and HTTP API (FastAPI): upload an image, see its segmentation",
+                       description="Start an HTTP server: the page at / segments an uploaded image (overlay, class "
+                       "legend and pixel shares, uncertainty for Bayesian models); POST /segment is the API "
+                       "(OpenAPI at /docs), GET /health and /models describe it. Concurrent requests are batched "
+                       "on the model; a full queue answers 503 with Retry-After. Needs the serve extra "
+                       "(pip install 'segnet[serve]').")
+    _model_source(p, default_pretrained=DEFAULT_PRETRAINED)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    p.add_argument("--mc-samples", type=int, default=0, help="Monte Carlo dropout samples: adds the uncertainty map "
+                   "(Bayesian models)")
+    p.add_argument("--max-batch", type=_positive_int, default=8, help="images per forward pass at most (default: 8)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="how long the first request of a batch waits for others (default: 10)")
+    p.add_argument("--max-queue", type=_positive_int, default=32,
+                   help="images waiting at most; beyond it requests get 503 (default: 32)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted (default: 10 MB)")
+    _amp_option(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="export to ONNX (dynamic batch and size) and check it in onnxruntime",
                        description="Export a model to ONNX with torch.onnx.export(dynamo=True), batch norm folded, "

@@ -1,0 +1,190 @@
+"""A local web app and HTTP API in front of one segnet model (FastAPI on uvicorn).
+
+FastAPI because it is the Python ecosystem's default for model serving: typed endpoints,
+request validation and an OpenAPI description (``/docs``, ``/openapi.json``) for free, and
+it runs on uvicorn, a small ASGI server. The model runs in one worker thread behind a
+``DynamicBatcher``; the event loop only decodes uploads and encodes answers.
+
+Endpoints: ``GET /`` (the page), ``POST /segment`` (an image in, a label map, overlay,
+class shares and timings out), ``GET /health``, ``GET /models``, ``GET /example.png``.
+"""
+
+# No "from __future__ import annotations" here: FastAPI reads the endpoint annotations at run time.
+
+import asyncio
+import base64
+import io
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from ..data import DatasetMeta
+from ..engine.precision import resolve_amp
+from ..models import min_input_size
+from .batching import DynamicBatcher, QueueFull
+
+MAX_UPLOAD_MB = 10.0
+
+
+class BadUpload(Exception):
+    """An upload the server cannot segment; ``status`` is the HTTP code to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def decode_upload(data: bytes, minimum: int) -> torch.Tensor:
+    """Uploaded bytes -> uint8 ``(3, H, W)``; ``BadUpload`` saying what is wrong otherwise."""
+    if not data:
+        raise BadUpload(400, "the upload is empty; send an image file in the form field 'image'")
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            picture.load()
+            rgb = np.asarray(picture.convert("RGB"))
+    except Image.DecompressionBombError as error:
+        raise BadUpload(413, f"the image has too many pixels ({error})") from None
+    except UnidentifiedImageError:
+        raise BadUpload(415, "not an image (PNG, JPEG, BMP, TIFF or WebP expected)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise BadUpload(400, f"the image is truncated or damaged ({error})") from None
+    if min(rgb.shape[:2]) < minimum:
+        raise BadUpload(422, f"the image is {rgb.shape[1]}x{rgb.shape[0]} pixels; this model needs at least "
+                             f"{minimum}x{minimum}")
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+
+
+def _png(picture: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def create_app(model: nn.Module, meta: DatasetMeta, normalization: dict, input_size=None, source: str = "model",
+               model_name: str = "model", mc_samples: int = 0, amp: str = "auto", max_batch: int = 8,
+               max_wait_ms: float = 10.0, max_queue: int = 32, max_upload_mb: float = MAX_UPLOAD_MB,
+               example: str | Path | None = None):
+    """The FastAPI app serving ``model``. ``mc_samples`` > 0 (Bayesian models) adds an
+    uncertainty map; ``example``: an image the page can try without an upload."""
+    from fastapi import FastAPI, File, Query, Request, UploadFile
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+    from ..engine.predict import _segment_batch, overlay, palette_png, uncertainty_png
+
+    device = next(model.parameters()).device
+    precision = resolve_amp(amp, device)
+    model.eval()
+    minimum = 8 if input_size else min_input_size(getattr(model, "pool_levels", 5))
+
+    def run_batch(images: list[torch.Tensor]) -> list:
+        return _segment_batch(model, images, normalization, input_size, mc_samples, precision)
+
+    batcher = DynamicBatcher(run_batch, max_batch, max_wait_ms / 1000, max_queue)
+    limit = int(max_upload_mb * 1e6)
+    info = {"name": model_name, "source": source, "classes": [{"id": i, "name": name, "color": list(color)}
+                                                               for i, (name, color) in
+                                                               enumerate(zip(meta.class_names, meta.palette))],
+            "input_size": list(input_size) if input_size else None, "uncertainty": mc_samples > 0,
+            "device": str(device), "precision": precision,
+            "batching": {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_queue": max_queue},
+            "max_upload_mb": max_upload_mb}
+
+    app = FastAPI(title="segnet", summary=f"Semantic segmentation with {model_name}",
+                  description="POST an image to /segment; the page at / does it in a browser.")
+    app.state.batcher = batcher  # the caller closes it when the server stops (see serve)
+
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return resources.files("segnet.serve").joinpath("page.html").read_text()
+
+    @app.get("/health")
+    def health() -> dict:
+        """Liveness, and how many images wait for the model."""
+        return {"status": "ok", "model": model_name, "waiting": batcher.waiting, "batches_run": batcher.batches_run}
+
+    @app.get("/models")
+    def models() -> dict:
+        """The model served: classes with their colours, input size, device, batching limits."""
+        return {"models": [info]}
+
+    @app.get("/example.png", include_in_schema=False)
+    def example_image() -> Response:
+        if example is None or not Path(example).is_file():
+            return error(404, "no example image is configured")
+        return Response(_png(Image.open(example).convert("RGB")), media_type="image/png")
+
+    @app.post("/segment", responses={400: {}, 413: {}, 415: {}, 422: {}, 503: {}})
+    async def segment(request: Request, image: UploadFile = File(..., description="the image to segment"),
+                      output: str = Query("json", pattern="^(json|labels|overlay)$",
+                                          description="json: everything (PNGs base64); labels: the label map PNG "
+                                          "(values are class ids); overlay: the colour overlay PNG")) -> Response:
+        """Segment one image. JSON answer: class shares, timings (queue, inference, batch size)
+        and the label map, overlay and (Bayesian models) uncertainty as base64 PNGs."""
+        start = time.perf_counter()
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > limit + 65536:
+            return error(413, f"the upload is {declared / 1e6:.1f} MB; the limit is {max_upload_mb:g} MB")
+        data = await image.read(limit + 1)
+        if len(data) > limit:
+            return error(413, f"the upload is over the {max_upload_mb:g} MB limit")
+        try:
+            pixels = decode_upload(data, minimum)
+            future = batcher.submit(pixels)
+        except BadUpload as bad:
+            return error(bad.status, f"{image.filename}: {bad}")
+        except QueueFull as full:
+            return error(503, f"the server is busy ({full}); try again shortly", {"Retry-After": "1"})
+        try:
+            (labels, variance), timing = await asyncio.wrap_future(future)
+        except ValueError as failed:  # e.g. the model refuses the size
+            return error(422, f"{image.filename}: {failed}")
+        labels_np = labels.cpu().numpy().astype(np.uint8)
+        timing = {**timing, "total_ms": (time.perf_counter() - start) * 1000}
+        headers = {f"X-Segnet-{k.replace('_', '-')}": f"{v:.1f}" if isinstance(v, float) else str(v)
+                   for k, v in timing.items()}
+        overlay_png = _png(overlay(pixels.permute(1, 2, 0).numpy(), labels_np, meta))
+        if output == "overlay":
+            return Response(overlay_png, media_type="image/png", headers=headers)
+        labels_png = _png(palette_png(labels_np, meta))
+        if output == "labels":
+            return Response(labels_png, media_type="image/png", headers=headers)
+        counts = np.bincount(labels_np.ravel(), minlength=meta.num_classes)[: meta.num_classes]
+        shares = [{"id": i, "name": name, "color": list(color), "share": float(count / labels_np.size)}
+                  for i, (name, color, count) in enumerate(zip(meta.class_names, meta.palette, counts))]
+        return JSONResponse({
+            "file": image.filename, "width": int(labels_np.shape[1]), "height": int(labels_np.shape[0]),
+            "classes": shares, "timing": timing, "model": model_name,
+            "labels_png": base64.b64encode(labels_png).decode(), "overlay_png": base64.b64encode(overlay_png).decode(),
+            "uncertainty_png": (base64.b64encode(_png(uncertainty_png(variance.cpu().numpy()))).decode()
+                                if variance is not None else None),
+        }, headers=headers)
+
+    return app
+
+
+def run_server(app, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve ``app`` with uvicorn until Ctrl-C, then stop its batcher. The port is checked
+    first, so a port in use is a one-line error rather than a server that never starts."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ValueError(f"--host {host} --port {port}: cannot listen there ({error.strerror}); "
+                             "choose another --port") from None
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        app.state.batcher.close()
