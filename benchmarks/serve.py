@@ -21,10 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_serve import Server, post_image  # noqa: E402  (the tests' server harness and client)
 
-from segnet.engine import load_checkpoint, model_from_checkpoint  # noqa: E402
+from segnet.engine import load_model  # noqa: E402
 from segnet.engine.precision import cpu_description  # noqa: E402
-from segnet.export import fold_batchnorm  # noqa: E402
-from segnet.pretrained import pretrained_path  # noqa: E402
 from segnet.serve import create_app  # noqa: E402
 
 
@@ -39,11 +37,9 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
 
-    source = args.checkpoint or pretrained_path("camvid_segnet_basic")
-    checkpoint = load_checkpoint(source)
-    model, meta, normalization = model_from_checkpoint(checkpoint)
-    model, _ = fold_batchnorm(model)
-    app = create_app(model, meta, normalization, checkpoint.get("input_size"), str(source), Path(source).stem,
+    loaded = load_model(args.checkpoint or "camvid_segnet_basic").folded()
+    source = loaded.source
+    app = create_app(loaded.model, loaded.meta, loaded.normalization, loaded.input_size, source, Path(source).stem,
                      max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=64)
     data = Path(args.image).read_bytes()
     rows = []

@@ -20,11 +20,10 @@ import torch
 from tqdm import tqdm
 
 from segnet.data import build_dataset
-from segnet.engine import load_checkpoint, model_from_checkpoint
+from segnet.engine import load_model
 from segnet.engine.evaluate import predict_logits
 from segnet.engine.video import TemporalSmoothing
 from segnet.metrics import ConfusionMatrix
-from segnet.pretrained import pretrained_path
 
 
 def main() -> None:
@@ -35,10 +34,9 @@ def main() -> None:
     parser.add_argument("--json", help="also write the scores here")
     args = parser.parse_args()
 
-    source = args.checkpoint or pretrained_path("camvid_segnet_basic")
-    checkpoint = load_checkpoint(source)
-    model, meta, normalization = model_from_checkpoint(checkpoint)
-    input_size = checkpoint.get("input_size")
+    loaded = load_model(args.checkpoint or "camvid_segnet_basic")
+    model, meta, normalization, input_size, source = (loaded.model, loaded.meta, loaded.normalization,
+                                                      loaded.input_size, loaded.source)
     dataset = build_dataset("camvid", args.root, "test")
     order = sorted(range(len(dataset)), key=dataset.name_of)
     smoothers = {alpha: TemporalSmoothing(alpha) for alpha in args.alphas}

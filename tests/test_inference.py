@@ -193,3 +193,27 @@ def test_table6_columns_and_ratios_to_segnet():
         assert segnet_row["train_memory_mb"] > segnet_row["inference_memory_mb"] > 0
     table = table6_markdown(result)
     assert "| deeplab_largefov | 20.5 |" in table and "paper 1.89x" in table
+
+
+def test_load_model_is_one_way_in_for_paths_shipped_names_and_untrained_models(tmp_path):
+    from segnet.engine import load_model
+    from segnet.pretrained import pretrained_path
+
+    by_name, by_path = load_model("camvid_segnet_basic"), load_model(pretrained_path("camvid_segnet_basic"))
+    assert by_name.source == by_path.source and by_name.name == "segnet_basic" and by_name.trained
+    assert by_name.input_size == (120, 160) and len(by_name.meta.class_names) == 11
+    image = (torch.rand(3, 45, 61) * 255).to(torch.uint8)
+    labels = by_name.segment(image, amp="off")
+    assert labels.shape == (45, 61)
+    assert torch.equal(labels, segment(by_path.model, image, by_path.normalization, (120, 160), amp="off"))
+    assert torch.equal(by_name.predict_logits(image[None], amp="off").argmax(1)[0], labels)
+    folded = by_name.folded()
+    assert folded.model is not by_name.model and folded.meta is by_name.meta
+    assert (folded.segment(image, amp="off") == labels).float().mean() > 0.99
+    untrained = load_model(model="segnet_basic", num_classes=6, meta=SYNTHETIC_META)
+    assert not untrained.trained and untrained.meta is SYNTHETIC_META and untrained.input_size is None
+    assert untrained.segment(image).shape == (45, 61)
+    with pytest.raises(ValueError, match="--device cuda:7"):
+        load_model("camvid_segnet_basic", device="cuda:7")
+    with pytest.raises(ValueError, match="model=NAME"):
+        load_model()

@@ -112,8 +112,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .data import build_dataset
-    from .engine import evaluate, model_from_checkpoint
-    from .engine.predict import segment, write_prediction
+    from .engine import evaluate
+    from .engine.inference import load_model
+    from .engine.predict import write_prediction
     from .engine.recipes import resolve_config
     from .engine.train import train
     from .report import format_metrics_table, write_evaluation
@@ -127,15 +128,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = resolve_config("paper-basic", DEMO_OVERRIDES)
     train(config, out / "run")
     print("2/3 evaluating best.pt on the synthetic test split (exact BF) ...")
-    model, meta, normalization = model_from_checkpoint(out / "run" / "best.pt")
+    trained = load_model(out / "run" / "best.pt")  # it records the size it was trained at
+    meta = trained.meta
     test = build_dataset("synthetic", None, "test")
-    result = evaluate(model, test, normalization, bf_mode="exact", input_size=config.size, amp="off")
+    result = evaluate(trained.model, test, trained.normalization, bf_mode="exact", input_size=trained.input_size,
+                      amp="off")
     write_evaluation(result, out / "evaluation", {"model": str(out / "run" / "best.pt"), "split": "test"})
     print("3/3 segmenting 4 test images ...")
     for index in range(4):
         image, _ = test.load(index)
-        write_prediction(image, segment(model, image, normalization, config.size, amp="off"), meta, out / "predictions",
-                         test.name_of(index))
+        write_prediction(image, trained.segment(image, amp="off"), meta, out / "predictions", test.name_of(index))
     street = _segment_camvid_street(out / "street")
     print()
     print(format_metrics_table(result.metrics))
@@ -157,16 +159,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _segment_camvid_street(out: Path) -> str | None:
     """Segment one real CamVid test image with the shipped model, when the data is beside the checkout."""
+    from .engine.inference import load_model
     from .engine.predict import predict_files
-    from .pretrained import pretrained_path
+    from .pretrained import DEFAULT_PRETRAINED
 
     root = Path(os.environ.get("SEGNET_CAMVID", Path(os.environ.get("SEGNET_SHARED", "../shared")) / "data" / "CamVid"))
     images = sorted((root / "test").glob("*.png"))
     if not images:
         return None
-    model, meta, normalization, input_size, _ = load_model(str(pretrained_path()), None, None)
-    written, _ = predict_files(model, meta, normalization, [str(images[len(images) // 2])], out, input_size,
-                               progress=False)
+    shipped = load_model(DEFAULT_PRETRAINED)
+    written, _ = predict_files(shipped.model, shipped.meta, shipped.normalization, [str(images[len(images) // 2])],
+                               out, shipped.input_size, progress=False)
     return written[-1].name  # the overlay
 
 
@@ -176,73 +179,49 @@ DEMO_OVERRIDES = {"dataset": "synthetic", "model": "segnet_basic", "epochs": 14,
                   "val_every": 2, "device": "cpu", "seed": 0, "amp": "off", "channels_last": False}
 
 
-def load_model(checkpoint: str | None, model_name: str | None, num_classes: int | None, device: str = "cpu"):
-    """``(model, meta or None, normalization, input size or None, description)`` from a
-    checkpoint, or an untrained model of a registered name."""
-    from .engine import load_checkpoint, model_from_checkpoint
-    from .engine.precision import check_device
-    from .models import create_model, model_info
-
-    device = check_device(device)  # before loading: a bad device is not a bad checkpoint
-    if checkpoint:
-        payload = load_checkpoint(checkpoint, device)
-        model, meta, normalization = model_from_checkpoint(payload, device, source=checkpoint)
-        return model, meta, normalization, payload.get("input_size"), checkpoint
-    if num_classes is None:
-        raise ValueError("give --checkpoint, or --model for an untrained model")
-    model = create_model(model_name, num_classes).to(device)
-    return model, None, model_info(model_name).normalization, None, f"{model_name} (untrained, He init)"
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import build_dataset
     from .engine import evaluate
     from .report import format_metrics_table, write_evaluation
 
-    checkpoint = _checkpoint_path(args)
-    if not checkpoint and not args.model:
+    if not _checkpoint_path(args) and not args.model:
         raise ValueError("give --checkpoint CKPT (from 'segnet train'), --pretrained NAME (shipped), "
                          "or --model NAME to evaluate an untrained model")
     dataset = build_dataset(args.dataset, args.root, args.split)
-    model, meta, normalization, input_size, source = load_model(checkpoint, args.model,
-                                                                dataset.meta.num_classes, args.device)
-    if meta is not None and list(meta.class_names) != list(dataset.meta.class_names):
-        raise ValueError(f"{checkpoint} was trained on classes {list(meta.class_names)}, but {args.dataset} has "
-                         f"{list(dataset.meta.class_names)}; evaluate on the dataset it was trained for")
-    result = evaluate(model, dataset, normalization, device=args.device, batch_size=args.batch_size,
+    loaded = _loaded_model(args, dataset.meta.num_classes, dataset.meta, fold=False)
+    if loaded.trained and list(loaded.meta.class_names) != list(dataset.meta.class_names):
+        raise ValueError(f"{loaded.source} was trained on classes {list(loaded.meta.class_names)}, but {args.dataset} "
+                         f"has {list(dataset.meta.class_names)}; evaluate on the dataset it was trained for")
+    result = evaluate(loaded.model, dataset, loaded.normalization, device=args.device, batch_size=args.batch_size,
                       bf_mode=None if args.bf == "none" else args.bf, bf_void=args.bf_void, bf_workers=args.workers,
-                      num_samples=args.samples,
-                      input_size=input_size, amp=args.amp)
-    info = {"model": source, "split": args.split, "root": str(args.root) if args.root else None}
+                      num_samples=args.samples, input_size=loaded.input_size, amp=args.amp)
+    info = {"model": loaded.source, "split": args.split, "root": str(args.root) if args.root else None}
     written = write_evaluation(result, args.out, info)
     print(format_metrics_table(result.metrics))
     print(f"\n{len(written)} files in {args.out}: {', '.join(written)}  (open {written['report.html']})")
     return 0
 
 
-def _model_for_inference(args, fold: bool = True):
-    """Model (BN folded unless Bayesian sampling needs the original), meta, normalisation, input size."""
-    from .data import DatasetMeta
-    from .data.datasets import CAMVID_META
-    from .export import fold_batchnorm
+def _loaded_model(args, num_classes: int = 11, meta=None, fold: bool = True):
+    """The ``LoadedModel`` that --checkpoint / --pretrained / --model name (BN folded unless
+    ``fold`` is False); ``meta``: the classes of an untrained --model (CamVid's by default)."""
+    from .engine.inference import load_model
 
     checkpoint = _checkpoint_path(args)
     if not checkpoint and not args.model:
         raise ValueError("give --checkpoint CKPT (from 'segnet train'), --pretrained NAME (shipped), "
                          "or --model NAME for an untrained model")
-    model, meta, normalization, input_size, source = load_model(checkpoint, args.model, 11, args.device)
-    if meta is None:  # an untrained model: CamVid's 11 classes and palette
-        meta = DatasetMeta.from_dict(CAMVID_META.to_dict())
-    if fold:
-        model, _ = fold_batchnorm(model)
-    return model, meta, normalization, input_size, source
+    loaded = load_model(checkpoint, model=None if checkpoint else args.model, num_classes=num_classes, meta=meta,
+                        device=args.device)
+    return loaded.folded() if fold else loaded
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.predict import predict_files
 
-    model, meta, normalization, input_size, _ = _model_for_inference(args)
-    written, failures = predict_files(model, meta, normalization, args.inputs, args.out, input_size,
+    loaded = _loaded_model(args)
+    written, failures = predict_files(loaded.model, loaded.meta, loaded.normalization, args.inputs, args.out,
+                                      loaded.input_size,
                                       args.mc_samples, args.batch_size, amp=args.amp, video_labels=args.video_labels,
                                       smooth=args.smooth)
     for path, why in failures:
@@ -260,12 +239,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .models.mc_dropout import has_dropout
     from .serve.app import create_app, run_server
 
-    model, meta, normalization, input_size, source = _model_for_inference(args)
+    loaded = _loaded_model(args)
     name = args.model or (args.pretrained if not args.checkpoint else Path(args.checkpoint).name)
-    if args.mc_samples and not has_dropout(model):
+    if args.mc_samples and not has_dropout(loaded.model):
         raise ValueError("--mc-samples needs a Bayesian model (with dropout), e.g. bayesian_segnet_basic")
     example = _example_image()
-    app = create_app(model, meta, normalization, input_size, source, name, args.mc_samples, args.amp,
+    app = create_app(loaded.model, loaded.meta, loaded.normalization, loaded.input_size, loaded.source, name,
+                     args.mc_samples, args.amp,
                      args.max_batch, args.max_wait_ms, args.max_queue, args.max_upload_mb, example)
     print(f"serving {name} at http://{args.host}:{args.port}/  (API: /docs; Ctrl-C stops)")
     run_server(app, args.host, args.port)
@@ -283,10 +263,12 @@ def _example_image() -> Path | None:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
 
-    model, meta, normalization, input_size, source = _model_for_inference(args, fold=False)
-    metadata = {"source": source, "class_names": list(meta.class_names), "palette": [list(c) for c in meta.palette],
-                "mean": list(normalization["mean"]), "std": list(normalization["std"]), "input_size": input_size}
-    report = export_onnx(model, args.out, sizes=args.check_sizes, index_free=args.index_free, metadata=metadata,
+    loaded = _loaded_model(args, fold=False)
+    meta, normalization = loaded.meta, loaded.normalization
+    metadata = {"source": loaded.source, "class_names": list(meta.class_names),
+                "palette": [list(c) for c in meta.palette], "mean": list(normalization["mean"]),
+                "std": list(normalization["std"]), "input_size": list(loaded.input_size) if loaded.input_size else None}
+    report = export_onnx(loaded.model, args.out, sizes=args.check_sizes, index_free=args.index_free, metadata=metadata,
                          normalization=normalization)
     for check in report["checks"]:
         print(f"onnxruntime vs PyTorch at {tuple(check['shape'])}: labels agree on {check['label_agreement']:.4%}, "

@@ -2,5 +2,7 @@
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, slim_checkpoint
 from .evaluate import Evaluation, evaluate
+from .inference import LoadedModel, load_model
 
-__all__ = ["Evaluation", "evaluate", "load_checkpoint", "model_from_checkpoint", "save_checkpoint", "slim_checkpoint"]
+__all__ = ["Evaluation", "LoadedModel", "evaluate", "load_checkpoint", "load_model", "model_from_checkpoint",
+           "save_checkpoint", "slim_checkpoint"]

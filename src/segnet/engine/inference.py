@@ -1,0 +1,93 @@
+"""One loaded model with everything needed to run it: the one way in for evaluate, predict,
+export, serve, video and the benchmarks.
+
+``load_model`` takes a checkpoint path, a shipped model's name, or (``model=NAME``) a
+registered architecture with untrained weights, and returns a ``LoadedModel``: the network
+with its classes and palette, input normalisation, the input size it was trained at, and
+where it came from. Its methods run it the way the package does everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import DatasetMeta
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .evaluate import predict_logits
+from .precision import check_device, resolve_amp
+
+
+@dataclass
+class LoadedModel:
+    """A network and its metadata. ``input_size``: the ``(H, W)`` it runs at (images are
+    resized to it and the scores back), or None for the image's own size. ``trained``:
+    False for an architecture with initial weights (``meta`` is then a stand-in)."""
+
+    model: nn.Module
+    meta: DatasetMeta
+    normalization: dict
+    input_size: tuple[int, int] | None
+    source: str
+    name: str
+    trained: bool = True
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> LoadedModel:
+        """Move to ``device`` (checked first: a missing GPU is named as such)."""
+        self.model.to(check_device(device))
+        return self
+
+    def folded(self) -> LoadedModel:
+        """A copy with batch norm folded into the convolutions (for inference and export)."""
+        from ..export.fold import fold_batchnorm
+
+        return dataclasses.replace(self, model=fold_batchnorm(self.model)[0])
+
+    def predict_logits(self, images: torch.Tensor, amp: str = "auto") -> torch.Tensor:
+        """uint8 ``(N, 3, H, W)`` -> fp32 logits ``(N, K, H, W)`` at the images' size."""
+        self.model.eval()
+        with torch.inference_mode():
+            return predict_logits(self.model, images.to(self.device), self.normalization, self.input_size,
+                                  resolve_amp(amp, self.device))
+
+    def segment(self, image, amp: str = "auto") -> torch.Tensor:
+        """One image (uint8 tensor ``(3, H, W)``, PIL image or path) -> ``(H, W)`` class ids."""
+        from .predict import segment
+
+        return segment(self.model, image, self.normalization, self.input_size, amp)
+
+
+def load_model(source: str | os.PathLike | None = None, *, model: str | None = None, num_classes: int = 11,
+               meta: DatasetMeta | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """A checkpoint path or a shipped model's name (``source``), or, with ``model=NAME`` and no
+    source, that architecture with initial weights for ``num_classes`` classes (``meta``:
+    the classes to report; CamVid's when not given)."""
+    from ..models import create_model, model_info
+    from ..pretrained import PRETRAINED, pretrained_path
+
+    device = check_device(device)  # before loading: a bad device is not a bad checkpoint
+    if source is not None:
+        path = pretrained_path(str(source)) if str(source) in PRETRAINED and not Path(source).exists() else source
+        payload = load_checkpoint(path, device)
+        network, checkpoint_meta, normalization = model_from_checkpoint(payload, device, source=str(path))
+        size = payload.get("input_size")
+        return LoadedModel(network, checkpoint_meta, normalization, tuple(size) if size else None, str(path),
+                           payload["model"]["name"])
+    if model is None:
+        raise ValueError("give a checkpoint, a shipped model's name, or model=NAME for an untrained model")
+    if meta is None:
+        from ..data.datasets import CAMVID_META
+
+        meta = DatasetMeta.from_dict(CAMVID_META.to_dict())
+    network = create_model(model, num_classes).to(device).eval()
+    return LoadedModel(network, meta, dict(model_info(model).normalization), None, f"{model} (untrained, He init)",
+                       model, trained=False)
