@@ -21,7 +21,7 @@ import torch
 from segnet.data import ResidentLoader
 from segnet.engine.precision import autocast, cpu_description, resolve_amp
 from segnet.engine.recipes import TrainConfig
-from segnet.engine.train import load_split, weighted_loss_sum
+from segnet.engine.train import load_split, train_step
 from segnet.models import create_model, model_info
 
 
@@ -59,12 +59,9 @@ def main() -> None:
         loader = ResidentLoader(images, labels, args.batch_size, normalization["mean"], normalization["std"],
                                 meta.ignore_index, drop_last=True, crop=crop)
 
-        def step(x, y):
-            x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(precision, device):
-                logits = step_model(x)
-            total, norm = weighted_loss_sum(logits, y, weights, meta.ignore_index, "valid_pixels")
-            (total / norm).backward()
+        def step(x, y):  # segnet train's own step, then the optimiser
+            train_step(step_model, x, y, weights, meta.ignore_index, "valid_pixels",
+                       autocast=lambda: autocast(precision, device))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 

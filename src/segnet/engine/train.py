@@ -381,22 +381,9 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
             lr = _learning_rate(config, step, len(loader))
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            if config.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            # normaliser of the whole global batch, so micro-batches and ranks add up exactly
-            norm = _batch_normaliser(labels, weights, meta.ignore_index, config.loss_normalization)
-            norm = _all_reduce(norm, world_size)
-            total = torch.zeros((), device=device)
-            micro_batches = list(zip(images.chunk(config.accumulate), labels.chunk(config.accumulate)))
-            for index, (x, y) in enumerate(micro_batches):
-                sync = index == len(micro_batches) - 1 or world_size == 1
-                with (nullcontext() if sync else model.no_sync()), autocast():
-                    logits = step_model(x)
-                loss_part, _ = weighted_loss_sum(logits, y, weights, meta.ignore_index, config.loss_normalization)
-                # DDP averages gradients over ranks: scale back up to the global sum / global normaliser
-                (loss_part / norm.clamp(min=1) * world_size).backward()
-                total += loss_part.detach()
-            total = _all_reduce(total, world_size)
+            total, norm = train_step(step_model, images, labels, weights, meta.ignore_index,
+                                     config.loss_normalization, config.accumulate, world_size, autocast,
+                                     config.channels_last)
             loss = float(total / norm.clamp(min=1))
             reference_loss = loss if reference_loss is None else reference_loss
             if not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * max(reference_loss, 1e-3):
@@ -458,6 +445,32 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     if world_size > 1:
         dist.barrier()
     return summary
+
+
+def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+               ignore_index: int, loss_normalization: str = "valid_pixels", accumulate: int = 1, world_size: int = 1,
+               autocast=nullcontext, channels_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward of one global batch: gradients accumulate in ``model``'s
+    parameters (the caller steps the optimiser). Returns ``(loss sum, normaliser)`` over the
+    global batch (all ranks), so ``sum / normaliser`` is the batch's loss whatever the
+    number of micro-batches (``accumulate``) and processes. ``model`` may be DDP-wrapped
+    (or compiled around DDP); ``autocast``: a function returning the precision context."""
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    # normaliser of the whole global batch, so micro-batches and ranks add up exactly
+    norm = _all_reduce(_batch_normaliser(labels, weights, ignore_index, loss_normalization), world_size)
+    total = torch.zeros((), device=images.device)
+    micro_batches = list(zip(images.chunk(accumulate), labels.chunk(accumulate)))
+    ddp = next((m for m in (model, getattr(model, "_orig_mod", None)) if hasattr(m, "no_sync")), None)
+    for index, (x, y) in enumerate(micro_batches):
+        sync = index == len(micro_batches) - 1 or world_size == 1 or ddp is None
+        with (nullcontext() if sync else ddp.no_sync()), autocast():
+            logits = model(x)
+        loss_part, _ = weighted_loss_sum(logits, y, weights, ignore_index, loss_normalization)
+        # DDP averages gradients over ranks: scale back up to the global sum / global normaliser
+        (loss_part / norm.clamp(min=1) * world_size).backward()
+        total += loss_part.detach()
+    return _all_reduce(total, world_size), norm
 
 
 def _batch_normaliser(labels, weights, ignore_index: int, normalization: str) -> torch.Tensor:
