@@ -87,10 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine.recipes import resolve_config
     from .engine.train import resume_config, train
 
-    overrides = _recipe_overrides(args, ("model", "dataset", "root", "epochs", "batch_size", "lr", "seed", "device",
-                                         "val_every", "encoder_weights", "accumulate", "amp", "init_from"))
-    if args.compile:
-        overrides["compile"] = True
+    # every train flag named like a TrainConfig field is an override (the flags are declared once, in the parser)
+    overrides = _recipe_overrides(args, tuple(name for name in _train_options() if name != "recipe"))
     if args.resume:
         if args.recipe is not None:
             overrides["recipe"] = args.recipe  # refused by name below, like every other non-resumable flag
@@ -511,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-weights", help="'imagenet' or a VGG16 state-dict path (VGG models)")
     p.add_argument("--seed", type=int, help="random seed (default: 0)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any recipe value, e.g. --set weight_decay=0 --set scale=[0.5,2] (repeatable)")
     p.set_defaults(func=cmd_train, out_kind="folder")
