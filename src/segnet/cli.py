@@ -417,7 +417,6 @@ def _train_options() -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .pretrained import DEFAULT_PRETRAINED
 
     parser = _Parser(
         prog="segnet",
@@ -428,12 +427,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="print debug logging")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in (_add_models, _add_forward, _add_data, _add_train, _add_evaluate, _add_predict, _add_serve,
+                _add_export, _add_reproduce, _add_benchmark, _add_demo):
+        add(sub)  # one function per subcommand, below
+    return parser
 
+
+def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the registered models with their parameter counts",
                        description="List every registered model with its parameter count and the paper's.")
     p.add_argument("--num-classes", type=_positive_int, default=11, help="K, output classes (default: 11, CamVid)")
     p.set_defaults(func=cmd_models)
 
+
+def _add_forward(sub) -> None:
     p = sub.add_parser("forward", help="run one model on a generated image (smoke test, no data needed)",
                        description="Build a model with untrained weights and forward a random image through it.")
     p.add_argument("--model", default="segnet_basic", help="model name, see 'segnet models' (default: segnet_basic)")
@@ -442,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.set_defaults(func=cmd_forward)
 
+
+def _add_data(sub) -> None:
     data = sub.add_parser("data", help="dataset tools: weights, check, pack, download",
                           description="Dataset tools. Datasets: camvid (SegNet release layout), sunrgbd, folder "
                           "(images/ + masks/ + classes.yaml), synthetic (generated road scenes, no root).")
@@ -477,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sha256", help="expected sha256 of the archive")
     p.set_defaults(func=cmd_data_download)
 
+
+def _add_train(sub) -> None:
     from .engine.recipes import RECIPES, RESUMABLE, describe_recipe
 
     p = sub.add_parser("train", help=f"train a model with a recipe ({', '.join(RECIPES)})",
@@ -514,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any recipe value, e.g. --set weight_decay=0 --set scale=[0.5,2] (repeatable)")
     p.set_defaults(func=cmd_train, out_kind="folder")
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score a model on a split: G, C, mIoU, BF, report",
                        description="Run a model over a dataset split and write metrics.json, class_metrics.csv, "
                        "image_metrics.csv, confusion_matrix.csv, pictures and a self-contained report.html. "
@@ -535,6 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=6, help="images shown in samples.png (default: 6)")
     _amp_option(p)
     p.set_defaults(func=cmd_evaluate, out_kind="folder")
+
+
+def _add_predict(sub) -> None:
+    from .pretrained import DEFAULT_PRETRAINED
 
     p = sub.add_parser("predict", help="segment images and videos: label PNGs, overlays, uncertainty maps",
                        description="Segment image and video files, folders and globs. Writes per image NAME.png "
@@ -558,6 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
     _amp_option(p)
     p.set_defaults(func=cmd_predict, out_kind="folder")
 
+
+def _add_serve(sub) -> None:
+    from .pretrained import DEFAULT_PRETRAINED
+
     p = sub.add_parser("serve", help="a local web app and HTTP API (FastAPI): upload an image, see its segmentation",
                        description="Start an HTTP server: the page at / segments an uploaded image (overlay, class "
                        "legend and pixel shares, uncertainty for Bayesian models); POST /segment is the API "
@@ -579,6 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     _amp_option(p)
     p.set_defaults(func=cmd_serve)
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export to ONNX (dynamic batch and size) and check it in onnxruntime",
                        description="Export a model to ONNX with torch.onnx.export(dynamo=True), batch norm folded, "
                        "dynamic batch/height/width, then run it in onnxruntime at each --check-sizes and fail "
@@ -592,6 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_export, out_kind="file")
 
+
+def _add_reproduce(sub) -> None:
     p = sub.add_parser("reproduce", help="train and test the paper's CamVid models; table paper vs ours",
                        description="table1: the eight Table 1 models with the paper-basic recipe; segnet: SegNet "
                        "(VGG16) with the paper recipe. Each is trained (an interrupted run is resumed), evaluated on "
@@ -614,6 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other recipe override")
     p.set_defaults(func=cmd_reproduce, out_kind="folder")
 
+
+def _add_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="inference cost per model: params, GFLOPs, latency, throughput, memory",
                        description="Measure each model's parameters, GFLOPs per image, batch-1 latency, best "
                        "throughput over batch sizes (median of repeats after warm-up) and peak memory (CUDA max "
@@ -635,12 +662,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write FILE.md and FILE.json")
     p.set_defaults(func=cmd_benchmark, out_kind="file")
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the main job: train, evaluate and segment on generated data (about a minute)",
                        description="Train SegNet-Basic on generated road scenes for about a minute on the CPU, "
                        "evaluate it (all metrics and report.html) and segment a few images. Offline.")
     p.add_argument("--out", default="demo", help="output folder (default: ./demo)")
     p.set_defaults(func=cmd_demo, out_kind="folder")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
