@@ -227,7 +227,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     on_disk = {p for p in written if p.is_file()}  # what is really there (names are unique per input)
     images = sum(1 for p in on_disk if p.name.endswith("_overlay.png"))
     videos = sum(1 for p in on_disk if p.name.endswith("_overlay.mp4"))
-    print(f"{images} image(s){f' and {videos} video(s)' if videos else ''} segmented, {len(failures)} failed; "
+    done = " and ".join(part for part in (f"{images} image(s)" if images or not videos else "",
+                                          f"{videos} video(s)" if videos else "") if part)
+    print(f"{done} segmented, {len(failures)} failed; "
           f"{len(on_disk)} files in {args.out} (NAME.png: class ids with the palette; NAME_overlay.png; "
           "NAME_uncertainty.png with --mc-samples; NAME_overlay.mp4 and NAME_labels/ for videos)")
     return 1 if failures else 0
