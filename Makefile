@@ -1,11 +1,12 @@
 # Two set-up commands, each self-sufficient on a fresh machine:
 #   make demo   creates .venv, installs segnet, runs the main job on the embedded default
 #   make test   creates .venv, installs segnet with its test extras, runs the tests
+#   make test-fast   the edit-test loop: every test but those marked slow (end-to-end runs)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test test-fast clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,6 +19,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

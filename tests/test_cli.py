@@ -45,6 +45,7 @@ def test_bad_arguments_give_one_line_error(argv, message):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_help_everywhere():
     for argv in (["--help"], ["models", "--help"], ["forward", "--help"]):
         result = subprocess.run([sys.executable, "-m", "segnet", *argv], capture_output=True, text=True)

@@ -169,6 +169,7 @@ def test_evaluate_camvid_untrained_end_to_end(camvid_root, tmp_path):
     assert len(metrics["classes"]) == 11 and metrics["classes"][0]["name"] == "Sky"
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:

@@ -177,6 +177,7 @@ def test_int8_quantization_runs_and_stays_close(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx", "int8.onnx"]  # nothing half-written
 
 
+@pytest.mark.slow
 def test_table6_columns_and_ratios_to_segnet():
     from segnet.benchmark import PAPER_TABLE6, TABLE6_COLUMNS, run_table6, table6_markdown
 

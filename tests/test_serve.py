@@ -196,6 +196,7 @@ def test_batcher_groups_by_size_and_refuses_beyond_its_queue():
     batcher.close()
 
 
+@pytest.mark.slow
 def test_the_page_segments_the_example_in_headless_chromium(tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:

@@ -158,6 +158,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_train_command(straight, "--epochs", "3"), env=ENV, check=True, capture_output=True, timeout=300)
@@ -173,6 +174,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     assert history == [r["train_loss"] for r in csv.DictReader(open(straight / "metrics.csv"))]
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_equals_one_process(tmp_path):
     """torchrun, 2 CPU processes with gloo, batch 8 (4 per rank) == 1 process, batch 8 in 2
     micro-batches of 4 (batch norm sees 4 images in both; SyncBatchNorm is GPU-only); with
@@ -217,11 +219,12 @@ def test_cli_train_errors(tmp_path, capsys):
     assert "no such run folder to --resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_wiring(tmp_path, monkeypatch, capsys):
-    import segnet.cli as cli
+    import segnet.engine.demo as demo
 
-    monkeypatch.setitem(cli.DEMO_OVERRIDES, "epochs", 1)
-    monkeypatch.setitem(cli.DEMO_OVERRIDES, "val_every", 1)
+    monkeypatch.setitem(demo.DEMO_OVERRIDES, "epochs", 1)
+    monkeypatch.setitem(demo.DEMO_OVERRIDES, "val_every", 1)
     camvid = CAMVID_ROOT.is_dir()
     monkeypatch.setenv("SEGNET_CAMVID", str(CAMVID_ROOT if camvid else tmp_path / "no-camvid"))
     assert main(["demo", "--out", str(tmp_path)]) == 0
@@ -234,6 +237,7 @@ def test_demo_wiring(tmp_path, monkeypatch, capsys):
     assert ("shipped CamVid SegNet-Basic" in out) and (("street/" in out) == camvid)
 
 
+@pytest.mark.slow
 def test_reproduce_labels_reduced_scale_and_reuses_finished_runs(tmp_path, capsys):
     from segnet.engine.reproduce import reproduce
 
@@ -256,6 +260,7 @@ def test_reproduce_labels_reduced_scale_and_reuses_finished_runs(tmp_path, capsy
         reproduce("table1", None, tmp_path, models=["segnet"], dataset="synthetic")
 
 
+@pytest.mark.slow
 def test_reproduce_goes_on_when_one_model_diverges(tmp_path, capsys, monkeypatch):
     # One variant stops with a non-finite loss (as FCN-Basic-NoDimReduction does at lr 0.1 on
     # CamVid); the table must say so for it and still hold the model trained after it.
@@ -281,6 +286,7 @@ def test_reproduce_goes_on_when_one_model_diverges(tmp_path, capsys, monkeypatch
     assert "| segnet_basic | 1.416 |" in table and "lr=0.05" in table
 
 
+@pytest.mark.slow
 def test_resume_extends_finished_runs_exactly_with_crops_and_recorded_changes(tmp_path, capsys):
     """2 epochs straight == 1 epoch, then --resume --epochs 2 (a finished run extended):
     same weights, bit for bit, with per-sample crops, flips and the machine's autocast."""
@@ -339,6 +345,7 @@ def test_init_from_loads_weights_and_reinitialises_only_a_resized_classifier(tmp
     assert tuned["config"]["init_from"] == "camvid_segnet_basic" and tuned["model"]["num_classes"] == 6
 
 
+@pytest.mark.slow
 def test_progress_in_a_log_file_is_one_line_per_epoch(tmp_path):
     result = subprocess.run(_train_command(tmp_path / "run", "--epochs", "2", "--set", "bn_recompute=false"),
                             env=ENV, capture_output=True, text=True, timeout=300)

@@ -105,76 +105,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job on the embedded default: train, evaluate and segment, offline, in about a minute."""
-    import shutil
-    import time
-    from pathlib import Path
-
-    from .data import build_dataset
-    from .engine import evaluate
-    from .engine.inference import load_model
-    from .engine.predict import write_prediction
-    from .engine.recipes import resolve_config
-    from .engine.train import train
-    from .report import format_metrics_table, write_evaluation
+    from .engine.demo import DEMO_OVERRIDES, run_demo
+    from .report import format_metrics_table
 
     out = Path(args.out)
-    if (out / "run").exists():
-        shutil.rmtree(out / "run")  # the demo always starts from scratch
-    start = time.perf_counter()
-    print(f"1/3 training segnet_basic on generated road scenes ({DEMO_OVERRIDES['epochs']} epochs, "
-          f"{DEMO_OVERRIDES['size'][0]}x{DEMO_OVERRIDES['size'][1]}, CPU) ...")
-    config = resolve_config("paper-basic", DEMO_OVERRIDES)
-    train(config, out / "run")
-    print("2/3 evaluating best.pt on the synthetic test split (exact BF) ...")
-    trained = load_model(out / "run" / "best.pt")  # it records the size it was trained at
-    meta = trained.meta
-    test = build_dataset("synthetic", None, "test")
-    result = evaluate(trained.model, test, trained.normalization, bf_mode="exact", input_size=trained.input_size,
-                      amp="off")
-    write_evaluation(result, out / "evaluation", {"model": str(out / "run" / "best.pt"), "split": "test"})
-    print("3/3 segmenting 4 test images ...")
-    for index in range(4):
-        image, _ = test.load(index)
-        write_prediction(image, trained.segment(image, amp="off"), meta, out / "predictions", test.name_of(index))
-    street = _segment_camvid_street(out / "street")
+    steps = iter([f"1/3 training segnet_basic on generated road scenes ({DEMO_OVERRIDES['epochs']} epochs, "
+                  f"{DEMO_OVERRIDES['size'][0]}x{DEMO_OVERRIDES['size'][1]}, CPU) ...",
+                  "2/3 evaluating best.pt on the synthetic test split (exact BF) ...",
+                  "3/3 segmenting 4 test images ..."])
+    result = run_demo(out, on_step=lambda: print(next(steps)))
+    metrics = result["metrics"]
     print()
-    print(format_metrics_table(result.metrics))
-    majority = max(result.metrics["classes"], key=lambda c: c["pixels"])
-    trivial = majority["pixels"] / result.metrics["pixels"]
+    print(format_metrics_table(metrics))
+    majority = max(metrics["classes"], key=lambda c: c["pixels"])
+    trivial = majority["pixels"] / metrics["pixels"]
     print(f"(a trivial model predicting '{majority['name']}' everywhere: G {trivial * 100:.1f}, "
-          f"mIoU {trivial / len(meta.class_names) * 100:.1f})")
-    print(f"\ndone in {time.perf_counter() - start:.0f} s. Everything is in {out}/:")
+          f"mIoU {trivial / len(metrics['classes']) * 100:.1f})")
+    print(f"\ndone in {result['seconds']:.0f} s. Everything is in {out}/:")
     print("  run/            checkpoints (best.pt, last.pt), metrics.csv, training_curves.png, config.json")
     print("  evaluation/     report.html (open it), metrics.json, CSVs, confusion matrix, samples")
     print("  predictions/    label maps (values = class ids) and colour overlays")
-    if street:
-        print(f"  street/         {street}: a real CamVid test image segmented by the shipped CamVid SegNet-Basic")
+    if result["street"]:
+        print(f"  street/         {result['street']}: a real CamVid test image segmented by the shipped CamVid "
+              "SegNet-Basic")
     else:
         print("(CamVid was not found beside the checkout; 'segnet predict street.png' segments any photo with the "
               "shipped CamVid SegNet-Basic)")
     return 0
-
-
-def _segment_camvid_street(out: Path) -> str | None:
-    """Segment one real CamVid test image with the shipped model, when the data is beside the checkout."""
-    from .engine.inference import load_model
-    from .engine.predict import predict_files
-    from .pretrained import DEFAULT_PRETRAINED
-
-    root = Path(os.environ.get("SEGNET_CAMVID", Path(os.environ.get("SEGNET_SHARED", "../shared")) / "data" / "CamVid"))
-    images = sorted((root / "test").glob("*.png"))
-    if not images:
-        return None
-    shipped = load_model(DEFAULT_PRETRAINED)
-    written, _ = predict_files(shipped.model, shipped.meta, shipped.normalization, [str(images[len(images) // 2])],
-                               out, shipped.input_size, progress=False)
-    return written[-1].name  # the overlay
-
-
-# segnet_basic, paper-basic recipe, at reduced size and length: about a minute on 2 CPU cores;
-# fp32 in the default layout, so that the numbers are the same on every CPU (README quotes them)
-DEMO_OVERRIDES = {"dataset": "synthetic", "model": "segnet_basic", "epochs": 14, "batch_size": 8, "size": [48, 64],
-                  "val_every": 2, "device": "cpu", "seed": 0, "amp": "off", "channels_last": False}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -187,9 +144,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                          "or --model NAME to evaluate an untrained model")
     dataset = build_dataset(args.dataset, args.root, args.split)
     loaded = _loaded_model(args, dataset.meta.num_classes, dataset.meta, fold=False)
-    if loaded.trained and list(loaded.meta.class_names) != list(dataset.meta.class_names):
-        raise ValueError(f"{loaded.source} was trained on classes {list(loaded.meta.class_names)}, but {args.dataset} "
-                         f"has {list(dataset.meta.class_names)}; evaluate on the dataset it was trained for")
+    loaded.check_classes(dataset.meta, args.dataset)
     result = evaluate(loaded.model, dataset, loaded.normalization, device=args.device, batch_size=args.batch_size,
                       bf_mode=None if args.bf == "none" else args.bf, bf_void=args.bf_void, bf_workers=args.workers,
                       num_samples=args.samples, input_size=loaded.input_size, amp=args.amp)
@@ -265,11 +220,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     loaded = _loaded_model(args, fold=False)
     meta, normalization = loaded.meta, loaded.normalization
-    metadata = {"source": loaded.source, "class_names": list(meta.class_names),
-                "palette": [list(c) for c in meta.palette], "mean": list(normalization["mean"]),
-                "std": list(normalization["std"]), "input_size": list(loaded.input_size) if loaded.input_size else None}
-    report = export_onnx(loaded.model, args.out, sizes=args.check_sizes, index_free=args.index_free, metadata=metadata,
-                         normalization=normalization)
+    report = export_onnx(loaded.model, args.out, sizes=args.check_sizes, index_free=args.index_free,
+                         metadata=loaded.metadata(), normalization=normalization)
     for check in report["checks"]:
         print(f"onnxruntime vs PyTorch at {tuple(check['shape'])}: labels agree on {check['label_agreement']:.4%}, "
               f"{check['values_off_fraction']:.4%} of logits off by > 1e-3, max |diff| {check['max_abs_difference']:.2e}")
@@ -281,6 +233,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    if args.target == "import":
+        return _reproduce_import(args)
+    if args.out is None:
+        raise ValueError(f"reproduce {args.target} needs --out: the folder for its runs and table")
+    if args.root is None:
+        raise ValueError(f"reproduce {args.target} needs --root: the CamVid folder or its .pack file "
+                         "(segnet data pack)")
+    if args.target == "all":
+        return _reproduce_all(args)
     from .engine.reproduce import reproduce
 
     overrides = _recipe_overrides(args, ("epochs", "batch_size", "device", "seed", "encoder_weights"))
@@ -291,6 +252,39 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if failed:
         print(f"training failed for {', '.join(failed)} (see the table); the other models are in the table")
     return 1 if failed else 0
+
+
+def _reproduce_all(args: argparse.Namespace) -> int:
+    from .engine.budget import parse_budget, reproduce_all
+
+    if args.budget is None:
+        raise ValueError("reproduce all needs --budget: the wall time to fit, e.g. --budget 25m")
+    overrides = _recipe_overrides(args, ("seed", "batch_size"))
+    if args.epochs is not None:
+        raise ValueError("reproduce all plans the epochs itself from --budget; drop --epochs")
+    side_by_side = args.side_by_side if args.side_by_side == "auto" else int(args.side_by_side)
+    reproduce_all(args.root, args.out, parse_budget(args.budget), dataset=args.dataset, device=args.device or "auto",
+                  encoder_weights=args.encoder_weights, models=args.models, overrides=overrides,
+                  side_by_side=side_by_side, min_epochs=args.min_epochs, benchmark=not args.no_benchmark)
+    bundle = Path(args.out) / "bundle"
+    print((bundle / "table.md").read_text())
+    print(f"bundle ({len(list(bundle.iterdir()))} files) in {bundle}; runs in {args.out}/runs/NAME/; "
+          f"put it into the docs with: segnet reproduce import {bundle}")
+    rows = __import__("json").loads((bundle / "table.json").read_text())["rows"]
+    return 1 if any("failed" in row for row in rows) else 0
+
+
+def _reproduce_import(args: argparse.Namespace) -> int:
+    from .engine.bundle import import_bundle
+
+    if not args.bundle:
+        raise ValueError("reproduce import needs the bundle folder: segnet reproduce import OUT/bundle")
+    written = import_bundle(args.bundle, args.docs)
+    for path in written["files"]:
+        print(f"wrote {path}")
+    for target in written.get("targets", []):
+        print(f"{target['target']}: {target['value']} ({'met' if target['met'] else 'not met'})")
+    return 0
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -626,11 +620,20 @@ def _add_reproduce(sub) -> None:
                        "parameters and training time. Changing --size or --epochs below the recipe makes every row say "
                        "REDUCED SCALE; any other change to the recipe (--set, --batch-size) is listed in its row. "
                        "Models already trained in OUT are evaluated again, not retrained, so runs made with different "
-                       "--set values can be gathered into one table.")
-    p.add_argument("target", choices=["table1", "segnet"], help="which of the paper's results")
-    p.add_argument("--root", required=True, help="CamVid folder or .pack file")
+                       "--set values can be gathered into one table. "
+                       "all: the whole paper within --budget (e.g. 25m): measure each model's training speed here, "
+                       "plan epochs to fit, run in priority order (SegNet-Basic; SegNet with the paper's and the best "
+                       "recipe; the other Table 1 variants; the comparison networks), test each with exact BF, and "
+                       "keep OUT/bundle (at most 8 small files: table, runs, curves, slim SegNet-Basic, benchmark) "
+                       "up to date after every run, so a kill at any moment loses only the run in progress. Runs "
+                       "cut short by the budget are labelled budget-limited. See docs/gpu.md. "
+                       "import BUNDLE: put a bundle's table, curves and benchmark into docs/results.md and "
+                       "docs/performance.md, labelled with its device.")
+    p.add_argument("target", choices=["table1", "segnet", "all", "import"], help="which of the paper's results")
+    p.add_argument("bundle", nargs="?", help="import: the bundle folder (OUT/bundle)")
+    p.add_argument("--root", help="CamVid folder or .pack file")
     p.add_argument("--dataset", default="camvid", help=argparse.SUPPRESS)
-    p.add_argument("--out", required=True, help="output folder (one run directory per model)")
+    p.add_argument("--out", help="output folder (one run directory per model)")
     p.add_argument("--models", nargs="+", help="a subset of the target's models")
     p.add_argument("--epochs", type=_positive_int, help="override the recipe's length (reduced scale)")
     p.add_argument("--size", type=_size, help="train at HEIGHTxWIDTH (reduced scale)")
@@ -639,6 +642,14 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda")
     p.add_argument("--seed", type=int, help="random seed (default: 0)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other recipe override")
+    p.add_argument("--budget", help="all: wall time for everything, e.g. 90s, 25m, 1.5h")
+    p.add_argument("--min-epochs", type=_positive_int, default=1,
+                   help="all: runs that cannot get this many epochs are not started (default: 1)")
+    p.add_argument("--side-by-side", default="auto", choices=["auto", "1", "2", "3", "4"],
+                   help="all: processes training the small Table 1 variants at once; auto measures whether two "
+                   "finish sooner than one on a GPU (default), and uses one on a CPU")
+    p.add_argument("--no-benchmark", action="store_true", help="all: skip the inference benchmark")
+    p.add_argument("--docs", default="docs", help="import: the docs folder to update (default: docs)")
     p.set_defaults(func=cmd_reproduce, out_kind="folder")
 
 

@@ -52,6 +52,19 @@ class LoadedModel:
 
         return dataclasses.replace(self, model=fold_batchnorm(self.model)[0])
 
+    def check_classes(self, meta: DatasetMeta, dataset: str) -> None:
+        """ValueError when a trained model's classes are not ``dataset``'s (scores would be meaningless)."""
+        if self.trained and list(self.meta.class_names) != list(meta.class_names):
+            raise ValueError(f"{self.source} was trained on classes {list(self.meta.class_names)}, but {dataset} "
+                             f"has {list(meta.class_names)}; evaluate on the dataset it was trained for")
+
+    def metadata(self) -> dict:
+        """What a deployed copy needs to run and label like this one (stored in the ONNX file)."""
+        return {"source": self.source, "class_names": list(self.meta.class_names),
+                "palette": [list(c) for c in self.meta.palette], "mean": list(self.normalization["mean"]),
+                "std": list(self.normalization["std"]),
+                "input_size": list(self.input_size) if self.input_size else None}
+
     def predict_logits(self, images: torch.Tensor, amp: str = "auto") -> torch.Tensor:
         """uint8 ``(N, 3, H, W)`` -> fp32 logits ``(N, K, H, W)`` at the images' size."""
         self.model.eval()
