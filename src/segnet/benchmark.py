@@ -237,7 +237,7 @@ def run_table6(models=("segnet", "deeplab_largefov", "fcn8s", "fcn_bilinear", "d
             base = reference.get(column) if reference else None
             row[f"{column}_ratio"] = ours / base if ours is not None and base else None
             row[f"{column}_paper_ratio"] = (paper[column] / PAPER_TABLE6["segnet"][column]) if paper else None
-    return {"device": _device_name(device), "size": list(size), "torch": torch.__version__, "table6": rows}
+    return {"device": device_name(device), "size": list(size), "torch": torch.__version__, "table6": rows}
 
 
 def table6_markdown(result: dict) -> str:
@@ -264,9 +264,10 @@ def table6_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model with its vector flags and torch's thread count."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return torch.cuda.getdevice_name(device)
     cpu = cpu_description()
     return f"{cpu['model']} ({' '.join(cpu['flags'])}), {torch.get_num_threads()} threads"
 
@@ -363,7 +364,7 @@ def run_benchmark(models=None, size=(360, 480), device="cpu", variants=None, bat
     for row in rows:
         for result in row["variants"].values():
             result["fraction_of_matmul_peak"] = result["achieved_gflops_per_s"] * 1e9 / peak
-    return {"device": _device_name(device), "size": list(size), "matmul_peak_gflops_per_s": peak / 1e9,
+    return {"device": device_name(device), "size": list(size), "matmul_peak_gflops_per_s": peak / 1e9,
             "matmul_dtype": "bf16" if cuda else "fp32", "torch": torch.__version__, "rows": rows}
 
 

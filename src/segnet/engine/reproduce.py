@@ -18,7 +18,7 @@ from ..report import percent, write_evaluation
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .evaluate import evaluate
 from .recipes import RECIPES, resolve_config
-from .train import TrainingError, resume_config, train
+from .train import TrainingError, resolve_device, resume_config, train
 
 # Table 1 (CamVid, 360x480, median frequency balancing): G, C, mIoU, BF (percent)
 PAPER_TABLE1 = {
@@ -53,45 +53,58 @@ def reproduce(target: str, root: str | None, out_dir: str | os.PathLike, models:
         config = resolve_config(recipe, {**overrides, "model": name, "dataset": dataset, "root": root})
         run_dir = out / name
         try:
-            if not (run_dir / "last.pt").exists():
-                train(config, run_dir, progress=progress)
-            elif load_checkpoint(run_dir / "last.pt")["epoch"] < config.epochs:  # an interrupted run
-                resumed = resume_config(run_dir, {"epochs": config.epochs, "device": config.device})
-                train(resumed, run_dir, resume=True, progress=progress)
+            train_or_resume(config, run_dir, progress=progress)
         except TrainingError as error:  # e.g. a diverging variant: report it, go on with the others
             print(f"{name}: {error}")
             # described as planned (epochs included): the error says where it stopped
-            rows.append({**_describe_run(recipe, asdict(config), config.epochs, dataset), "model": name,
+            rows.append({**describe_run(recipe, asdict(config), config.epochs, dataset), "model": name,
                          "failed": str(error), "paper": list(paper[name])})
             continue
-        last = load_checkpoint(run_dir / "last.pt")
-        train_seconds = sum(entry["seconds"] for entry in last["history"])  # resumed epochs included
-        checkpoint = load_checkpoint(run_dir / "best.pt")
-        model, _, normalization = model_from_checkpoint(checkpoint)
-        result = evaluate(model, build_dataset(dataset, root, "test"), normalization, bf_mode="exact",
-                          input_size=checkpoint.get("input_size"), progress=progress)
-        # described from the run's own configuration, which may predate this invocation
-        info = {"model": name, **_describe_run(recipe, last["config"], last["epoch"], dataset),
-                "best_epoch": checkpoint["epoch"]}
-        write_evaluation(result, run_dir / "test", info)
-        m = result.metrics
-        rows.append({**info, "params": count_parameters(model), "train_seconds": round(train_seconds, 1),
-                     "ours": [m["global_accuracy"], m["mean_accuracy"], m["mean_iou"], m["mean_bf_score"]],
-                     "paper": list(paper[name])})
+        rows.append(test_run(run_dir, recipe, dataset, root, paper[name], progress=progress))
     write_json(out / "table.json", rows)
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(format_table(rows, target) + "\n")
     return rows
 
 
-def _describe_run(recipe: str, run_config: dict, epochs: int, dataset: str) -> dict:
+def train_or_resume(config, run_dir: Path, progress: bool = True, stop_at: float | None = None) -> None:
+    """Train ``config`` in ``run_dir``; continue it there if it was interrupted (or planned
+    longer now); leave a finished run alone."""
+    if not (run_dir / "last.pt").exists():
+        train(config, run_dir, progress=progress, stop_at=stop_at)
+    elif load_checkpoint(run_dir / "last.pt")["epoch"] < config.epochs:  # interrupted, or extended
+        resumed = resume_config(run_dir, {"epochs": config.epochs, "device": config.device})
+        train(resumed, run_dir, resume=True, progress=progress, stop_at=stop_at)
+
+
+def test_run(run_dir: Path, recipe: str, dataset: str, root: str | None, paper, progress: bool = True) -> dict:
+    """Evaluate a run's best.pt on the test split (exact BF), write ``run_dir/test``, and
+    return its table row: the run as it was made, the scores, the paper's beside them."""
+    last = load_checkpoint(run_dir / "last.pt")
+    train_seconds = sum(entry["seconds"] for entry in last["history"])  # resumed epochs included
+    checkpoint = load_checkpoint(run_dir / "best.pt")
+    model, _, normalization = model_from_checkpoint(checkpoint)
+    result = evaluate(model, build_dataset(dataset, root, "test"), normalization, bf_mode="exact",
+                      input_size=checkpoint.get("input_size"), device=resolve_device(last["config"]["device"]),
+                      progress=progress)
+    # described from the run's own configuration, which may predate this invocation
+    info = {"model": last["config"]["model"], **describe_run(recipe, last["config"], last["epoch"], dataset),
+            "best_epoch": checkpoint["epoch"]}
+    write_evaluation(result, run_dir / "test", info)
+    m = result.metrics
+    return {**info, "params": count_parameters(model), "train_seconds": round(train_seconds, 1),
+            "ours": [m["global_accuracy"], m["mean_accuracy"], m["mean_iou"], m["mean_bf_score"]],
+            "paper": list(paper)}
+
+
+def describe_run(recipe: str, run_config: dict, epochs: int, dataset: str) -> dict:
     """Recipe, seed, epochs, size, whether the run is reduced scale, and how it departs from the recipe."""
     changes = {key: run_config[key] for key, value in RECIPES[recipe].items()
                if key != "epochs" and key in run_config and run_config[key] != value}
     changes.update({key: run_config[key] for key in ("crop", "init_from") if run_config.get(key) is not None})
     reduced = run_config["size"] is not None or epochs < RECIPES[recipe]["epochs"] or dataset != "camvid"
     return {"recipe": recipe, "seed": run_config["seed"], "epochs": epochs, "input_size": run_config["size"],
-            "reduced_scale": reduced, "recipe_changes": changes}
+            "dataset": dataset, "reduced_scale": reduced, "recipe_changes": changes}
 
 
 def format_table(rows: list[dict], target: str) -> str:
@@ -101,19 +114,28 @@ def format_table(rows: list[dict], target: str) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         changes = row.get("recipe_changes") or {}
-        scale = "REDUCED SCALE" if row["reduced_scale"] else "CHANGED RECIPE" if changes else "paper protocol"
+        if row.get("budget_limited"):  # fewer epochs than the recipe because the time ran out
+            scale = f"budget-limited: {row['epochs']} of {row['protocol_epochs']} epochs"
+            if row["input_size"] or row.get("dataset", "camvid") != "camvid":
+                scale += ", REDUCED SCALE"
+        else:
+            scale = "REDUCED SCALE" if row["reduced_scale"] else "CHANGED RECIPE" if changes else "paper protocol"
         if row["input_size"]:
             scale += f", {row['input_size'][0]}x{row['input_size'][1]}"
-        run = f"{scale}, {row['epochs']} epochs, seed {row['seed']}"
+        run = f"{scale}, {row['epochs']} epochs" if not row.get("budget_limited") else f"{scale}, {row['recipe']}"
+        run += f", seed {row['seed']}"
         if changes:
             run += ", " + ", ".join(f"{key}={value}" for key, value in changes.items())
+        name = row.get("name", row["model"])
         if "failed" in row:
-            lines.append(f"| {row['model']} | | {run} | | training failed: {row['failed']} | | | |")
+            lines.append(f"| {name} | | {run} | | training failed: {row['failed']} | | | |")
             continue
         cells = " | ".join(f"{p:.1f} / {percent(o)}" for p, o in zip(row["paper"], row["ours"]))
         seconds = row["train_seconds"]
         time = f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
-        lines.append(f"| {row['model']} | {row['params'] / 1e6:.3f} | {run} | {time} | {cells} |")
+        lines.append(f"| {name} | {row['params'] / 1e6:.3f} | {run} | {time} | {cells} |")
+    if target not in ("table1", "segnet"):  # the caller adds its own note
+        return "\n".join(lines)
     note = ("Paper: Table 1 (367 training images, MFB)." if target == "table1" else
             "Paper: SegNet trained on 3,433 images (CamVid plus other road scenes); ours on CamVid's 367.")
     return "\n".join(lines + ["", note])

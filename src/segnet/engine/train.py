@@ -63,7 +63,8 @@ def _distributed() -> tuple[int, int, int]:
     return dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _device(name: str, local_rank: int) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` (this process's GPU if there is one, else the CPU), or ``name`` checked."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     device = check_device(name)
@@ -266,7 +267,8 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 # ----------------------------------------------------------------------------- the loop
-def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True) -> dict:
+def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
+          stop_at: float | None = None) -> dict:
     """Train as ``config`` says, writing the run into ``out_dir``; returns a summary dict.
 
     ``resume=True`` continues from ``out_dir/last.pt`` (same configuration, same data
@@ -274,11 +276,13 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     be the run's own (``resume_config``), where only the ``RESUMABLE`` values may differ;
     what changed is recorded in config.json. A finished run can be extended by giving a
     larger ``epochs``. ``progress``: progress bars on a terminal; when stderr is not a
-    terminal (a log file) each epoch is one log line.
+    terminal (a log file) each epoch is one log line. ``stop_at`` (a ``time.time()``
+    value): the first epoch that ends after it is the last one, validated and saved as the
+    planned last epoch would be; the run can be continued with ``resume``.
     """
     out = Path(out_dir)
     rank, world_size, local_rank = _distributed()
-    device = _device(config.device, local_rank)
+    device = resolve_device(config.device, local_rank)
     check_config(config)
     checkpoint, changes = None, {}
     if resume:
@@ -408,7 +412,11 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(norm_sum, 1), "lr": lr,
                "images_per_s": round(images_seen / seconds, 2), "seconds": round(seconds, 2), "hours": None}
         metrics = None
-        if val_images is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
+        # out of time (a budgeted run): this epoch is the last, validated and saved like the planned last one
+        out_of_time = stop_at is not None and bool(_all_reduce(
+            torch.tensor(float(time.time() >= stop_at), device=device), world_size) > 0)
+        last_epoch = epoch + 1 == config.epochs or out_of_time
+        if val_images is not None and ((epoch + 1) % config.val_every == 0 or last_epoch):
             if config.val_bn_images:
                 _recompute_bn_on_subset(model, loader, config.val_bn_images, per_rank, normalization, meta, device,
                                         autocast, rank, world_size)
@@ -432,8 +440,13 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
             val = f", val G {row['val_global_accuracy'] * 100:.1f} mIoU {row['val_mean_iou'] * 100:.1f}" if metrics else ""
             log.info("epoch %d/%d: loss %.4f, %.1f img/s, %.2f h%s", epoch + 1, config.epochs, row["train_loss"],
                      row["images_per_s"], hours, val)
+        if out_of_time and epoch + 1 < config.epochs:
+            log.info("stopped after epoch %d of %d: the time allowed ran out (--resume continues it)", epoch + 1,
+                     config.epochs)
+            break
 
-    summary = {"run_dir": str(out), "epochs": config.epochs, "best": best, "history": history}
+    summary = {"run_dir": str(out), "epochs": len(history), "planned_epochs": config.epochs, "best": best,
+               "history": history}
     if config.bn_recompute and best["epoch"] is not None:
         summary["bn_recompute"] = _recompute_best(config, out, model, loader, val_images, val_labels, meta,
                                                   normalization, per_rank, device, autocast, rank, world_size)

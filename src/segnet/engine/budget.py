@@ -1,0 +1,511 @@
+"""The whole paper in one time budget: ``segnet reproduce all --budget 25m``.
+
+Four steps, each written to disk as soon as it is done, so that a process killed at any
+moment leaves every finished run behind:
+
+1. **measure**: a few real training steps of every planned model at its training size
+   give images/s on this device, and a forward pass and one exact BF evaluation give the
+   cost of validating and testing;
+2. **plan**: epochs per run so that the runs, in priority order, fit the budget
+   (``plan.json``, printed before anything trains);
+3. **run**: train, test with exact BF, write ``runs/NAME/result.json`` and refresh the
+   bundle, run after run; each run stops by itself when its share of the time is spent,
+   and the whole stops before the budget ends, leaving time to write;
+4. **bundle**: at most 8 small files in ``OUT/bundle`` (see ``engine.bundle``).
+
+Priority: (1) SegNet-Basic with the paper-basic recipe; (2) SegNet (VGG16) with the
+paper's recipe and with the best recipe of docs/results.md; (3) the seven other Table 1
+variants; (4) the comparison networks of Table 3. Runs the planned epochs cannot take to
+the recipe's length are labelled "budget-limited" in every table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import build_dataset
+from ..files import write_json
+from ..models import create_model
+from .precision import autocast, resolve_amp
+from .recipes import resolve_config
+from .reproduce import PAPER_SEGNET, PAPER_TABLE1, describe_run, test_run, train_or_resume
+from .train import TrainingError, resolve_device, train_step
+from ..benchmark import device_name
+
+# Table 3 (CamVid test, 3,433 training images, no balancing), the longest-trained column: G, C, mIoU, BF
+PAPER_TABLE3 = {
+    "deeplab_largefov": (88.20, 62.53, 53.88, 32.77),
+    "fcn_bilinear": (83.27, 59.56, 49.83, 27.99),
+    "fcn8s": (83.14, 64.21, 51.96, 33.18),
+    "deconvnet": (89.58, 70.24, 59.77, 52.23),
+}
+# the recipe that got SegNet (VGG16) furthest on CamVid's 367 images (docs/results.md)
+BEST_SEGNET_RECIPE = "finetune"
+VGG_MODELS = ("segnet", "bayesian_segnet", *PAPER_TABLE3)
+SIDE_BY_SIDE_TIER = 3  # the small Table 1 variants: these may share one GPU
+
+
+@dataclass
+class PlannedRun:
+    """One training run of the plan, with what was measured for it and what was planned."""
+
+    name: str  # the run's folder under OUT/runs
+    model: str
+    recipe: str
+    tier: int  # priority: 1 first
+    paper: tuple[float, ...]  # G, C, mIoU, BF (percent)
+    paper_note: str
+    protocol_epochs: int  # the recipe's length
+    train_images: int = 0
+    val_images: int = 0
+    test_images: int = 0
+    val_every: int = 10
+    train_images_per_s: float = 0.0  # measured
+    inference_seconds_per_image: float = 0.0  # measured, at the evaluation size
+    bf_seconds_per_image: float = 0.0  # measured: exact BF on one test frame
+    load_seconds_per_image: float = 0.0  # measured: decoding a frame and its labels (each run loads its data)
+    save_seconds: float = 0.0  # measured: writing one checkpoint (last.pt after every epoch)
+    epochs: int = 0  # planned (0: not run)
+    side_by_side: bool = False
+    kept: bool = False  # finished by an earlier try in the same folder
+
+    def epoch_seconds(self) -> float:
+        return self.train_images / self.train_images_per_s
+
+    def seconds(self, epochs: int) -> float:
+        """Estimated wall time: training, its validations, the BN pass over the training set
+        and the test evaluation with exact BF."""
+        if epochs <= 0:
+            return 0.0
+        validations = math.ceil(epochs / self.val_every)
+        infer = self.inference_seconds_per_image
+        loading = (self.train_images + self.val_images + self.test_images) * self.load_seconds_per_image
+        return (loading + epochs * (self.epoch_seconds() + self.save_seconds)
+                + validations * (self.val_images * infer + self.save_seconds)
+                + (self.train_images + self.val_images) * infer
+                + self.test_images * (infer + self.bf_seconds_per_image))
+
+
+def priority_runs(models: list[str] | None = None) -> list[PlannedRun]:
+    """The runs of the whole paper in priority order (``models``: keep only these)."""
+    from .recipes import RECIPES
+
+    table1_note = "Table 1: 367 training images, MFB"
+    more_data = "trained on 3,433 images (ours on CamVid's 367)"
+    runs = [PlannedRun("segnet_basic", "segnet_basic", "paper-basic", 1, PAPER_TABLE1["segnet_basic"], table1_note,
+                       RECIPES["paper-basic"]["epochs"]),
+            PlannedRun("segnet", "segnet", "paper", 2, PAPER_SEGNET["segnet"], f"Table 3, {more_data}",
+                       RECIPES["paper"]["epochs"]),
+            PlannedRun(f"segnet-{BEST_SEGNET_RECIPE}", "segnet", BEST_SEGNET_RECIPE, 2, PAPER_SEGNET["segnet"],
+                       f"Table 3, {more_data}", RECIPES[BEST_SEGNET_RECIPE]["epochs"])]
+    runs += [PlannedRun(name, name, "paper-basic", 3, paper, table1_note, RECIPES["paper-basic"]["epochs"])
+             for name, paper in PAPER_TABLE1.items() if name != "segnet_basic"]
+    runs += [PlannedRun(name, name, "paper", 4, paper, f"Table 3 (longest column), {more_data}",
+                        RECIPES["paper"]["epochs"]) for name, paper in PAPER_TABLE3.items()]
+    if models:
+        unknown = sorted(set(models) - {run.model for run in runs})
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not in the paper's tables; choose from: "
+                             f"{', '.join(dict.fromkeys(run.model for run in runs))}")
+        runs = [run for run in runs if run.model in models]
+    return runs
+
+
+def parse_budget(text: str) -> float:
+    """``90s``, ``25m``, ``1.5h`` or plain seconds -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = str(text).strip().lower()
+    try:
+        seconds = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"--budget {text!r}: give a positive time such as 90s, 25m or 1.5h")
+    return seconds
+
+
+def plan_runs(runs: list[PlannedRun], seconds: float, min_epochs: int = 1,
+              side_by_side_speedup: float = 1.0) -> list[PlannedRun]:
+    """Set ``epochs`` on every run so that the estimated wall time fits ``seconds``.
+
+    Every run gets the recipe's length when all fit. Otherwise each run gets the same
+    fraction of its recipe's length (at least ``min_epochs``), and runs that would not get
+    even that are dropped (``epochs = 0``) from the end of the priority list. Runs marked
+    ``side_by_side`` share the device, which ``side_by_side_speedup`` (measured) credits.
+    """
+    def wall(run: PlannedRun, epochs: int) -> float:
+        cost = run.seconds(epochs)
+        return cost / side_by_side_speedup if run.side_by_side else cost
+
+    def epochs_at(run: PlannedRun, fraction: float) -> int:
+        return max(min_epochs, min(run.protocol_epochs, math.floor(fraction * run.protocol_epochs)))
+
+    for run in runs:
+        run.epochs = 0
+    for kept in range(len(runs), 0, -1):
+        chosen = runs[:kept]
+        if sum(wall(run, epochs_at(run, 0.0)) for run in chosen) > seconds:
+            continue
+        low, high = 0.0, 1.0
+        if sum(wall(run, run.protocol_epochs) for run in chosen) <= seconds:
+            low = 1.0
+        else:
+            for _ in range(50):
+                middle = (low + high) / 2
+                if sum(wall(run, epochs_at(run, middle)) for run in chosen) <= seconds:
+                    low = middle
+                else:
+                    high = middle
+        for run in chosen:
+            run.epochs = epochs_at(run, low)
+        break
+    return runs
+
+
+def _train_shape(config, frame: tuple[int, int]) -> tuple[int, int]:
+    return tuple(config.crop) if config.crop else tuple(config.size) if config.size else frame
+
+
+def _training_step(model_name: str, num_classes: int, batch: int, shape: tuple[int, int], device: torch.device,
+                   amp: str = "auto", channels_last: bool = True):
+    """A function running one real training step (``engine.train.train_step`` and SGD) of a
+    fresh model on a random batch."""
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes).to(device).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    images = torch.randn(batch, 3, *shape, device=device)
+    labels = torch.randint(0, num_classes, (batch, *shape), device=device)
+    weights = torch.ones(num_classes, device=device)
+    precision = resolve_amp(amp, device)
+
+    def step() -> None:
+        train_step(model, images, labels, weights, -1, "valid_pixels", 1, 1, lambda: autocast(precision, device),
+                   channels_last)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def measure_training(model_name: str, num_classes: int, batch: int, shape: tuple[int, int], device: torch.device,
+                     steps: int, amp: str = "auto", channels_last: bool = True) -> float:
+    """Images/s of the real training step on random data, after one warm-up step."""
+    step = _training_step(model_name, num_classes, batch, shape, device, amp, channels_last)
+    step()  # warm-up: allocator, oneDNN/cuDNN plans
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def measure_inference(model_name: str, num_classes: int, shape: tuple[int, int], device: torch.device,
+                      amp: str = "auto", batch: int = 2) -> float:
+    """Seconds per image of a forward pass at ``shape`` (validation and test cost)."""
+    model = create_model(model_name, num_classes).to(device).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, *shape, device=device).contiguous(memory_format=torch.channels_last)
+    precision = resolve_amp(amp, device)
+    with torch.inference_mode(), autocast(precision, device):
+        model(x)
+        _sync(device)
+        start = time.perf_counter()
+        model(x)
+        _sync(device)
+    return (time.perf_counter() - start) / batch
+
+
+def measure_bf(dataset) -> float:
+    """Seconds of exact BF for one test frame: its label against itself shifted by 2 pixels."""
+    from ..metrics import BoundaryF1
+
+    _, label = dataset[0]
+    label = np.asarray(label)
+    metric = BoundaryF1(dataset.meta.num_classes, ignore_index=dataset.meta.ignore_index, mode="exact")
+    start = time.perf_counter()
+    metric.update(np.roll(label, 2, axis=1)[None], label[None])
+    metric.compute()
+    return time.perf_counter() - start
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _side_by_side_worker(model_name, num_classes, batch, shape, device, seconds, barrier, results) -> None:
+    """One of several processes training side by side: its images/s within a shared window."""
+    device = torch.device(device)
+    step = _training_step(model_name, num_classes, batch, shape, device)
+    step()  # warm-up, before the window opens
+    _sync(device)
+    barrier.wait()  # all processes ready: the window opens for all at once
+    images, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        _sync(device)
+        images += batch
+    results.put(images / (time.perf_counter() - start))
+
+
+def measure_side_by_side(model_name: str, num_classes: int, batch: int, shape: tuple[int, int], device: torch.device,
+                         processes: int = 2, seconds: float = 5.0) -> float:
+    """Total images/s of ``processes`` training processes sharing ``device`` over the same
+    window, divided by one process's images/s: above 1, small models finish sooner side by side."""
+    alone = measure_training(model_name, num_classes, batch, shape, device, steps=5)
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_side_by_side_worker, args=(model_name, num_classes, batch, tuple(shape),
+                                                                 str(device), seconds, barrier, results))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    together = sum(results.get(timeout=600) for _ in workers)
+    for worker in workers:
+        worker.join()
+    return together / alone
+
+
+def measure_saving(model_name: str, num_classes: int) -> float:
+    """Seconds to write a checkpoint of this model (weights and SGD momentum) to a temporary file."""
+    import tempfile
+
+    state = create_model(model_name, num_classes).state_dict()
+    payload = {"state_dict": state, "optimizer": {k: v.clone() for k, v in state.items()}}
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        torch.save(payload, Path(folder) / "checkpoint.pt")
+        return time.perf_counter() - start
+
+
+def measure_runs(runs: list[PlannedRun], dataset: str, root: str | None, device: torch.device,
+                 overrides: dict | None = None, steps: int = 3, progress: bool = True) -> dict:
+    """Fill in every run's split sizes and measured costs; returns what was measured."""
+    splits = {split: build_dataset(dataset, root, split) for split in ("train", "val", "test")}
+    meta = splits["train"].meta
+    start = time.perf_counter()
+    samples = [splits["train"][i] for i in range(min(4, len(splits["train"])))]
+    load_seconds = (time.perf_counter() - start) / len(samples)
+    frame = tuple(samples[0][1].shape[-2:])  # the label map's H, W
+    bf_seconds = measure_bf(splits["test"])
+    speeds: dict[tuple, float] = {}
+    for run in runs:
+        config = resolve_config(run.recipe, {**(overrides or {}), "model": run.model, "dataset": dataset})
+        shape = _train_shape(config, frame)
+        evaluated = tuple(config.size) if config.size else frame
+        key = (run.model, config.batch_size, shape)
+        if key not in speeds:
+            speeds[key] = measure_training(run.model, meta.num_classes, config.batch_size // config.accumulate,
+                                           shape, device, steps, config.amp, config.channels_last)
+            speeds[(run.model, evaluated)] = measure_inference(run.model, meta.num_classes, evaluated, device,
+                                                               config.amp)
+            speeds[run.model] = measure_saving(run.model, meta.num_classes)
+            if progress:
+                print(f"  {run.model}: {speeds[key]:.1f} training images/s at {shape[0]}x{shape[1]} "
+                      f"(batch {config.batch_size}), {1 / speeds[(run.model, evaluated)]:.1f} images/s inference")
+        run.train_images_per_s = speeds[key]
+        run.inference_seconds_per_image = speeds[(run.model, evaluated)]
+        run.save_seconds = speeds[run.model]
+        run.bf_seconds_per_image = bf_seconds
+        run.load_seconds_per_image = load_seconds
+        run.val_every = config.val_every
+        run.train_images, run.val_images, run.test_images = (len(splits[s]) for s in ("train", "val", "test"))
+    return {"frame": list(frame), "num_classes": meta.num_classes, "bf_seconds_per_image": bf_seconds,
+            "load_seconds_per_image": load_seconds, "device": str(device)}
+
+
+def format_plan(runs: list[PlannedRun], seconds: float) -> str:
+    """The plan as a table: epochs against the recipe's, estimated minutes, and the label."""
+    lines = [f"plan for {seconds / 60:.1f} minutes of training and testing:",
+             f"  {'run':<42} {'tier':>4} {'epochs':>12} {'est. min':>9}  label"]
+    for run in runs:
+        if run.kept:
+            lines.append(f"  {run.name:<42} {run.tier:>4} {run.epochs:>12} {'-':>9}  kept from an earlier try")
+            continue
+        if run.epochs == 0:
+            lines.append(f"  {run.name:<42} {run.tier:>4} {'-':>12} {'-':>9}  not run: the budget does not reach it")
+            continue
+        label = "paper protocol length" if run.epochs >= run.protocol_epochs else f"budget-limited: {run.epochs} epochs"
+        together = ", side by side" if run.side_by_side else ""
+        lines.append(f"  {run.name:<42} {run.tier:>4} {f'{run.epochs}/{run.protocol_epochs}':>12} "
+                     f"{run.seconds(run.epochs) / 60:>9.1f}  {label}{together}")
+    return "\n".join(lines)
+
+
+def _run_config(run: PlannedRun, dataset: str, root: str | None, device: str, encoder_weights: str | None,
+                overrides: dict) -> dict:
+    values = {**overrides, "model": run.model, "dataset": dataset, "root": root, "epochs": run.epochs,
+              "device": device}
+    if run.model in VGG_MODELS and encoder_weights:
+        values["encoder_weights"] = encoder_weights
+    return values
+
+
+def run_one(run: PlannedRun, out: Path, dataset: str, root: str | None, device: str, encoder_weights: str | None,
+            overrides: dict, stop_at: float | None, progress: bool = False) -> dict:
+    """Train (or resume) one planned run, test it, and write ``runs/NAME/result.json``."""
+    run_dir = out / "runs" / run.name
+    if (run_dir / "result.json").exists():
+        return json.loads((run_dir / "result.json").read_text())
+    config = resolve_config(run.recipe, _run_config(run, dataset, root, device, encoder_weights, overrides))
+    started = time.time()
+    try:
+        with _log_to(run_dir / "train.log"):  # the epochs' lines go to the run, not the console
+            train_or_resume(config, run_dir, progress=progress, stop_at=stop_at)
+    except TrainingError as error:
+        row = {**describe_run(run.recipe, asdict(config), config.epochs, dataset), "name": run.name,
+               "model": run.model, "tier": run.tier, "failed": str(error), "paper": list(run.paper),
+               "paper_note": run.paper_note}
+        write_json(run_dir / "result.json", row)
+        return row
+    row = test_run(run_dir, run.recipe, dataset, root, run.paper, progress=progress)
+    row.update({"name": run.name, "tier": run.tier, "paper_note": run.paper_note,
+                "planned_epochs": run.epochs, "protocol_epochs": run.protocol_epochs,
+                "budget_limited": row["epochs"] < run.protocol_epochs,
+                "wall_seconds": round(time.time() - started, 1)})
+    write_json(run_dir / "result.json", row)
+    return row
+
+
+@contextmanager
+def _log_to(path: Path):
+    """segnet's log lines go to ``path`` only, while the block runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger("segnet")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    saved = logger.propagate, logger.level
+    logger.addHandler(handler)
+    logger.propagate, logger.level = False, logging.INFO
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.propagate, logger.level = saved
+
+
+def reproduce_all(root: str | None, out_dir: str | os.PathLike, budget_seconds: float, *, dataset: str = "camvid",
+                  device: str = "auto", encoder_weights: str | None = None, models: list[str] | None = None,
+                  overrides: dict | None = None, side_by_side: int | str = "auto", min_epochs: int = 1,
+                  benchmark: bool = True, measure_steps: int = 3, reserve_seconds: float | None = None,
+                  progress: bool = True) -> dict:
+    """Measure, plan, run and bundle the paper's runs within ``budget_seconds`` of wall time.
+
+    Returns the summary written to ``OUT/plan.json``. Re-running with the same ``out_dir``
+    keeps the finished runs and resumes an interrupted one.
+    """
+    from .bundle import write_bundle
+
+    started = time.time()
+    deadline = started + budget_seconds
+    # writing the bundle and a margin for estimates that run long
+    reserve = reserve_seconds if reserve_seconds is not None else max(5.0, 0.05 * budget_seconds)
+    out = Path(out_dir)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    overrides = dict(overrides or {})
+    torch_device = resolve_device(device)
+    runs = priority_runs(models)
+    say = print if progress else (lambda *a, **k: None)
+    finished = {run.name for run in runs if (out / "runs" / run.name / "result.json").exists()}  # an earlier try's
+    todo = [run for run in runs if run.name not in finished]
+    say(f"measuring {len(todo)} runs on {torch_device} ...")
+    measured = measure_runs(todo, dataset, root, torch_device, overrides, measure_steps, progress)
+    speedup, processes = 1.0, 1
+    small = [run for run in todo if run.tier == SIDE_BY_SIDE_TIER]
+    if small and side_by_side != 1:
+        processes = 2 if side_by_side == "auto" else int(side_by_side)
+        if side_by_side == "auto" and torch_device.type != "cuda":
+            processes = 1  # CPU threads are already all busy with one run
+        elif processes > 1:
+            config = resolve_config(small[0].recipe, {**overrides, "model": small[0].model, "dataset": dataset})
+            shape = _train_shape(config, tuple(measured["frame"]))
+            speedup = measure_side_by_side(small[0].model, measured["num_classes"], config.batch_size, shape,
+                                           torch_device, processes, seconds=min(10.0, max(1.0, budget_seconds / 200)))
+            say(f"  {processes} small models side by side: {speedup:.2f}x the throughput of one")
+            if side_by_side == "auto" and speedup < 1.1:
+                processes, speedup = 1, 1.0
+    for run in small:
+        run.side_by_side = processes > 1
+    if benchmark and not (out / "benchmark.json").exists():  # an earlier try's is kept
+        from ..benchmark import run_benchmark, write_benchmark
+
+        say("benchmarking inference ...")
+        size = tuple(overrides["size"]) if overrides.get("size") else tuple(measured["frame"])
+        result = run_benchmark(list(dict.fromkeys(run.model for run in runs)), size, str(torch_device),
+                               progress=progress)
+        write_benchmark(result, out / "benchmark.md")
+    summary = {"device": device_name(torch_device), "budget_seconds": budget_seconds,
+               "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)), "dataset": dataset,
+               "measured": measured, "side_by_side": {"processes": processes, "speedup": speedup},
+               "overrides": overrides, "runs": []}
+
+    def replan(remaining: list[PlannedRun]) -> float:
+        """Give the runs not yet done the time that is left; record the plan."""
+        available = deadline - reserve - time.time()
+        plan_runs(remaining, available, min_epochs, speedup)
+        summary["runs"] = [asdict(run) for run in runs]
+        write_json(out / "plan.json", summary)
+        return available
+
+    for run in runs:
+        if run.name in finished:
+            run.kept = True
+            run.epochs = json.loads((out / "runs" / run.name / "result.json").read_text()).get("epochs", 0)
+    say(format_plan(runs, replan(todo)))
+    write_bundle(out)
+    if finished:
+        say(f"kept from an earlier try: {', '.join(sorted(finished))}")
+
+    def job(run: PlannedRun) -> tuple:  # it stops by itself at half as long again as estimated
+        testing = run.test_images * (run.inference_seconds_per_image + run.bf_seconds_per_image)
+        allowed = 1.5 * run.seconds(run.epochs)
+        if run.side_by_side:  # sharing the device, in a process of its own that must start first
+            allowed = allowed / speedup + 15
+        stop_at = min(time.time() + allowed, deadline - reserve - testing)
+        return run, out, dataset, root, device, encoder_weights, overrides, stop_at
+
+    todo = [run for run in todo if run.epochs > 0]  # what the budget does not reach stays out
+    while todo:
+        run = todo[0]
+        if run.epochs == 0:
+            say(f"{run.name}: not run, the time left does not reach it")
+            todo.pop(0)
+            continue
+        group = [r for r in todo if r.side_by_side and r.epochs > 0] if run.side_by_side else [run]
+        say(f"{', '.join(r.name for r in group)}: {run.recipe}, {run.epochs} epochs"
+            + (f", {processes} side by side" if len(group) > 1 else "") + " ...")
+        if len(group) > 1:  # the small models share the device
+            # not a multiprocessing.Pool: its daemonic workers could not start evaluate()'s BF workers
+            with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for done in as_completed([pool.submit(run_one, *job(r)) for r in group]):
+                    say(_row_line(done.result()))
+                    write_bundle(out)
+        else:
+            say(_row_line(run_one(*job(run))))
+            write_bundle(out)
+        todo = [r for r in todo if r not in group]
+        replan(todo)
+    write_bundle(out)
+    return summary
+
+
+def _row_line(row: dict) -> str:
+    if "failed" in row:
+        return f"{row['name']}: training failed: {row['failed']}"
+    g, c, miou, bf = (value * 100 for value in row["ours"])
+    return (f"{row['name']}: {row['epochs']} epochs, test G {g:.1f} C {c:.1f} mIoU {miou:.1f} BF {bf:.1f} "
+            f"(paper {' / '.join(f'{p:.1f}' for p in row['paper'])})")

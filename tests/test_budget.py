@@ -1,0 +1,190 @@
+"""`segnet reproduce all --budget`: priorities, planning, runs, a kill at any moment, the
+bundle and its import into the docs. On CPU, with synthetic scenes at tiny sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from segnet.cli import main
+from segnet.engine.budget import (PlannedRun, measure_side_by_side, parse_budget, plan_runs, priority_runs,
+                                  reproduce_all)
+from segnet.engine.bundle import BUNDLE_FILES, gpu_targets, import_bundle
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+TINY = {"size": [32, 48], "bn_recompute": False}
+
+
+def _run(name: str, tier: int, protocol: int, epoch_seconds: float) -> PlannedRun:
+    # 100 training images at 100/epoch_seconds images/s; validation, testing and saving free
+    run = PlannedRun(name, name, "paper-basic", tier, (1.0, 2.0, 3.0, 4.0), "note", protocol, train_images=100,
+                     train_images_per_s=100 / epoch_seconds)
+    return run
+
+
+def test_budget_parses_units_and_refuses_nonsense():
+    assert parse_budget("90s") == 90 and parse_budget("25m") == 1500 and parse_budget("1.5h") == 5400
+    assert parse_budget("42") == 42
+    for bad in ("", "soon", "-5m", "0", "nanm"):
+        with pytest.raises(ValueError, match="--budget"):
+            parse_budget(bad)
+
+
+def test_priority_order_is_the_issues_and_covers_the_paper():
+    runs = priority_runs()
+    assert [run.name for run in runs[:3]] == ["segnet_basic", "segnet", "segnet-finetune"]
+    assert [run.tier for run in runs] == sorted(run.tier for run in runs)  # tiers never go back
+    assert len([r for r in runs if r.tier == 3]) == 7  # the other Table 1 variants
+    assert {r.model for r in runs if r.tier == 4} == {"fcn8s", "fcn_bilinear", "deeplab_largefov", "deconvnet"}
+    assert runs[0].paper == (82.7, 62.0, 47.7, 35.78) and runs[0].protocol_epochs == 200
+    assert [r.name for r in priority_runs(["fcn_basic", "segnet_basic"])] == ["segnet_basic", "fcn_basic"]
+    with pytest.raises(ValueError, match="resnet: not in the paper's tables"):
+        priority_runs(["resnet"])
+
+
+def test_plan_gives_the_protocol_when_it_fits_and_the_same_fraction_when_not():
+    runs = [_run("a", 1, 200, 1.0), _run("b", 2, 300, 2.0), _run("c", 3, 200, 0.5)]
+    plan_runs(runs, seconds=10_000)  # 200 + 600 + 100 s: everything at full length
+    assert [r.epochs for r in runs] == [200, 300, 200]
+    plan_runs(runs, seconds=450)  # half of 900 s: every run at the same fraction of its recipe
+    assert [r.epochs for r in runs] == [100, 150, 100]
+    assert sum(r.seconds(r.epochs) for r in runs) <= 450
+    plan_runs(runs, seconds=2.6, min_epochs=1)  # a=1 s, b=2 s: c (0.5 s) does not fit after them
+    assert [r.epochs for r in runs] == [1, 0, 0] or sum(r.seconds(r.epochs) for r in runs) <= 2.6
+    assert runs[0].epochs >= 1 and runs[2].epochs == 0  # the lowest priority is dropped first
+    plan_runs(runs, seconds=0.5)
+    assert [r.epochs for r in runs] == [0, 0, 0]
+    # side by side: credited by the measured speedup
+    small = [_run("x", 3, 100, 1.0), _run("y", 3, 100, 1.0)]
+    for run in small:
+        run.side_by_side = True
+    plan_runs(small, seconds=100, side_by_side_speedup=2.0)
+    assert [r.epochs for r in small] == [100, 100]
+
+
+def test_estimates_count_validation_testing_loading_and_saving():
+    run = _run("a", 1, 10, 1.0)
+    assert run.seconds(10) == pytest.approx(10.0)
+    run.val_images, run.test_images, run.val_every = 10, 20, 5
+    run.inference_seconds_per_image, run.bf_seconds_per_image = 0.1, 0.05
+    run.load_seconds_per_image, run.save_seconds = 0.01, 0.2
+    # train 10; 2 validations of 10 images + a save each; BN pass over 110 images; test 20 x 0.15;
+    # loading 130 images; a save after every epoch
+    expected = 10 + 2 * (1 + 0.2) + 110 * 0.1 + 20 * 0.15 + 130 * 0.01 + 10 * 0.2
+    assert run.seconds(10) == pytest.approx(expected)
+    assert run.seconds(0) == 0
+
+
+@pytest.mark.slow
+def test_reproduce_all_plans_runs_labels_bundles_and_imports(tmp_path, capsys):
+    out = tmp_path / "all"
+    summary = reproduce_all(None, out, 45, dataset="synthetic", device="cpu", models=["segnet_basic", "fcn_basic"],
+                            overrides=TINY, benchmark=True, progress=True)
+    printed = capsys.readouterr().out
+    assert "plan for" in printed and "budget-limited" in printed  # the plan is printed before training
+    assert [run["name"] for run in summary["runs"]] == ["segnet_basic", "fcn_basic"]
+    bundle = out / "bundle"
+    files = sorted(p.name for p in bundle.iterdir())
+    assert set(files) <= set(BUNDLE_FILES) and len(files) <= 8
+    assert {"table.md", "table.json", "runs.json", "curves.png", "segnet_basic.pt", "benchmark.json"} <= set(files)
+    assert all(p.stat().st_size < 16 * 2**20 and p.is_file() for p in bundle.iterdir())  # flat, small
+    table = json.loads((bundle / "table.json").read_text())
+    done = [row for row in table["rows"] if "ours" in row]
+    assert done and done[0]["name"] == "segnet_basic"
+    assert all(row["budget_limited"] and row["epochs"] < 200 for row in done)  # 45 s is not 200 epochs
+    text = (bundle / "table.md").read_text()
+    assert "budget-limited: " in text and "of 200 epochs" in text and "82.7 / " in text
+    runs = json.loads((bundle / "runs.json").read_text())["runs"]
+    assert runs["segnet_basic"]["config"]["epochs"] == done[0]["planned_epochs"]
+    assert runs["segnet_basic"]["history"] and "iou" in runs["segnet_basic"]["test_metrics"]["classes"][0]
+    from segnet.engine.inference import load_model
+
+    assert load_model(bundle / "segnet_basic.pt").name == "segnet_basic"  # the slim checkpoint loads
+    # the docs: sections labelled with the device; importing again replaces, never duplicates
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "results.md").write_text("# Results\n\nearlier text\n")
+    written = import_bundle(bundle, docs)
+    import_bundle(bundle, docs)
+    results = (docs / "results.md").read_text()
+    assert results.startswith("# Results\n\nearlier text") and results.count(f"<!-- bundle {written['key']} -->") == 1
+    assert table["device"] in results and "budget-limited" in results and "-curves.png)" in results
+    performance = (docs / "performance.md").read_text()
+    assert performance.startswith("## Budgeted reproductions") and performance.count("<!-- /bundle") == 1
+    assert "| segnet_basic |" in performance and "batch-1 ms" in performance
+    assert written["targets"] == []  # the GPU targets are SegNet's, which this bundle did not benchmark
+
+
+@pytest.mark.slow
+def test_a_kill_at_any_moment_keeps_every_finished_run_and_a_rerun_completes(tmp_path):
+    out = tmp_path / "all"
+    command = [sys.executable, "-m", "segnet", "reproduce", "all", "--dataset", "synthetic", "--root", str(tmp_path),
+               "--out", str(out), "--budget", "60s", "--models", "segnet_basic", "fcn_basic", "--size", "32x48",
+               "--device", "cpu", "--no-benchmark", "--set", "bn_recompute=false"]
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # kill it once the first run is written and the second has begun
+        deadline = time.time() + 120
+        while not (out / "runs" / "fcn_basic" / "metrics.csv").exists():
+            assert process.poll() is None and time.time() < deadline, "the second run never started"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        process.kill()
+    table = json.loads((out / "bundle" / "table.json").read_text())
+    rows = {row["name"]: row for row in table["rows"]}
+    assert "ours" in rows["segnet_basic"] and (out / "bundle" / "segnet_basic.pt").is_file()
+    assert rows["fcn_basic"]["unfinished"] == "did not finish"
+    assert "fcn_basic (paper-basic): did not finish" in (out / "bundle" / "table.md").read_text()
+    finished_at = (out / "runs" / "segnet_basic" / "result.json").stat().st_mtime_ns
+    # the same command again: the finished run is kept, the killed one is resumed and finished
+    result = subprocess.run(command[:command.index("60s")] + ["40s"] + command[command.index("60s") + 1:], env=ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "kept from an earlier try: segnet_basic" in result.stdout
+    assert (out / "runs" / "segnet_basic" / "result.json").stat().st_mtime_ns == finished_at
+    rows = {row["name"]: row for row in json.loads((out / "bundle" / "table.json").read_text())["rows"]}
+    assert "ours" in rows["fcn_basic"] and "resuming" in (out / "runs" / "fcn_basic" / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_small_models_can_train_side_by_side(tmp_path):
+    speedup = measure_side_by_side("fcn_basic", 6, 4, (32, 48), __import__("torch").device("cpu"), processes=2,
+                                   seconds=1.0)
+    assert 0 < speedup < 4
+    out = tmp_path / "all"
+    summary = reproduce_all(None, out, 40, dataset="synthetic", device="cpu", side_by_side=2,
+                            models=["fcn_basic", "fcn_basic_no_addition"], overrides=TINY, benchmark=False,
+                            progress=False)
+    assert summary["side_by_side"]["processes"] == 2 and all(run["side_by_side"] for run in summary["runs"])
+    rows = json.loads((out / "bundle" / "table.json").read_text())["rows"]
+    assert all("ours" in row for row in rows), rows
+
+
+def test_gpu_targets_read_the_segnet_row():
+    benchmark = {"size": [360, 480], "rows": [{"model": "segnet", "variants": {
+        "bf16": {"latency_ms": 2.5, "throughput_by_batch": {"1": 400.0, "64": 1600.0}, "peak_memory_mb": 350.0},
+        "eager": {"latency_ms": 6.0, "throughput_by_batch": {"1": 160.0, "64": 700.0}, "peak_memory_mb": 280.0}}}]}
+    targets = gpu_targets(benchmark)
+    assert [t["met"] for t in targets] == [True, True, True]
+    assert [t["value"] for t in targets] == [1600.0, 2.5, 280.0]
+    assert gpu_targets({"rows": []}) == []
+
+
+def test_cli_reproduce_all_and_import_refuse_what_is_missing(tmp_path, capsys):
+    assert main(["reproduce", "all", "--root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "--budget" in capsys.readouterr().err
+    assert main(["reproduce", "all", "--root", str(tmp_path), "--out", str(tmp_path / "o"), "--budget", "5m",
+                 "--epochs", "3"]) == 2
+    assert "drop --epochs" in capsys.readouterr().err
+    assert main(["reproduce", "import"]) == 2
+    assert "bundle folder" in capsys.readouterr().err
+    assert main(["reproduce", "import", str(tmp_path)]) == 3
+    assert "no table.json" in capsys.readouterr().err
