@@ -39,7 +39,7 @@ def test_budget_parses_units_and_refuses_nonsense():
 
 def test_priority_order_is_the_issues_and_covers_the_paper():
     runs = priority_runs()
-    assert [run.name for run in runs[:3]] == ["segnet_basic", "segnet", "segnet-finetune"]
+    assert [run.name for run in runs[:3]] == ["segnet_basic", "segnet", "segnet-modern"]
     assert [run.tier for run in runs] == sorted(run.tier for run in runs)  # tiers never go back
     assert len([r for r in runs if r.tier == 3]) == 7  # the other Table 1 variants
     assert {r.model for r in runs if r.tier == 4} == {"fcn8s", "fcn_bilinear", "deeplab_largefov", "deconvnet"}
@@ -188,3 +188,15 @@ def test_cli_reproduce_all_and_import_refuse_what_is_missing(tmp_path, capsys):
     assert "bundle folder" in capsys.readouterr().err
     assert main(["reproduce", "import", str(tmp_path)]) == 3
     assert "no table.json" in capsys.readouterr().err
+
+
+def test_reproduce_table3_trains_and_tests_a_rival_with_the_paper_recipe(tmp_path):
+    from segnet.engine.reproduce import reproduce
+
+    overrides = {"epochs": 1, "size": [32, 48], "batch_size": 8, "encoder_weights": None, "bn_recompute": False,
+                 "device": "cpu"}
+    rows = reproduce("table3", None, tmp_path, models=["deeplab_largefov"], overrides=overrides,
+                     dataset="synthetic", progress=False)
+    assert rows[0]["model"] == "deeplab_largefov" and rows[0]["paper"] == [88.20, 62.53, 53.88, 32.77]
+    assert rows[0]["recipe"] == "paper" and all(0 <= value <= 1 for value in rows[0]["ours"])
+    assert "Table 3's longest column" in (tmp_path / "table.md").read_text()

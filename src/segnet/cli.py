@@ -615,7 +615,8 @@ def _add_export(sub) -> None:
 def _add_reproduce(sub) -> None:
     p = sub.add_parser("reproduce", help="train and test the paper's CamVid models; table paper vs ours",
                        description="table1: the eight Table 1 models with the paper-basic recipe; segnet: SegNet "
-                       "(VGG16) with the paper recipe. Each is trained (an interrupted run is resumed), evaluated on "
+                       "(VGG16) with the paper recipe; table3: SegNet and the comparison networks (FCN-8s, FCN bilinear, "
+                       "DeepLab-LargeFOV, DeconvNet) with the paper recipe. Each is trained (an interrupted run is resumed), evaluated on "
                        "the test split with exact BF, and OUT/table.md sets the numbers beside the paper's, with "
                        "parameters and training time. Changing --size or --epochs below the recipe makes every row say "
                        "REDUCED SCALE; any other change to the recipe (--set, --batch-size) is listed in its row. "
@@ -629,7 +630,8 @@ def _add_reproduce(sub) -> None:
                        "cut short by the budget are labelled budget-limited. See docs/gpu.md. "
                        "import BUNDLE: put a bundle's table, curves and benchmark into docs/results.md and "
                        "docs/performance.md, labelled with its device.")
-    p.add_argument("target", choices=["table1", "segnet", "all", "import"], help="which of the paper's results")
+    p.add_argument("target", choices=["table1", "segnet", "table3", "all", "import"],
+                   help="which of the paper's results")
     p.add_argument("bundle", nargs="?", help="import: the bundle folder (OUT/bundle)")
     p.add_argument("--root", help="CamVid folder or .pack file")
     p.add_argument("--dataset", default="camvid", help=argparse.SUPPRESS)
