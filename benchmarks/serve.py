@@ -39,8 +39,7 @@ def main() -> None:
 
     loaded = load_model(args.checkpoint or "camvid_segnet_basic").folded()
     source = loaded.source
-    app = create_app(loaded.model, loaded.meta, loaded.normalization, loaded.input_size, source, Path(source).stem,
-                     max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=64)
+    app = create_app(loaded, Path(source).stem, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=64)
     data = Path(args.image).read_bytes()
     rows = []
     with Server(app) as server:

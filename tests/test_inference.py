@@ -13,6 +13,7 @@ from PIL import Image
 from segnet.cli import main
 from segnet.data import SYNTHETIC_META
 from segnet.engine import save_checkpoint
+from segnet.engine.inference import LoadedModel
 from segnet.engine.predict import palette_png, predict_files, segment
 from segnet.export import compare_outputs, export_onnx, fold_batchnorm
 from segnet.models import MODELS, create_model
@@ -71,8 +72,9 @@ def test_predict_files_folders_globs_failures_and_uncertainty(tmp_path):
         Image.fromarray((np.random.rand(*size, 3) * 255).astype(np.uint8)).save(folder / f"img{i}.png")
     (folder / "broken.png").write_bytes(b"not an image")
     model = create_model("bayesian_segnet_basic", 6)
-    written, failures = predict_files(model, SYNTHETIC_META, RAW, [str(folder), str(tmp_path / "in" / "img0.*")],
-                                      tmp_path / "out", mc_samples=3, progress=False)
+    loaded = LoadedModel(model, SYNTHETIC_META, RAW, None, "test", "bayesian_segnet_basic", trained=False)
+    written, failures = predict_files(loaded, [str(folder), str(tmp_path / "in" / "img0.*")], tmp_path / "out",
+                                      mc_samples=3, progress=False)
     assert [f[0] for f in failures] == [str(folder / "broken.png")] and "cannot be read" in failures[0][1]
     names = sorted(p.name for p in written)
     # the same file twice (folder and glob) is kept twice, under unique names
@@ -82,7 +84,8 @@ def test_predict_files_folders_globs_failures_and_uncertainty(tmp_path):
     heat = np.array(Image.open(tmp_path / "out" / "img2_uncertainty.png"))
     assert heat.shape == (25, 33, 3) and heat.std() > 0
     with pytest.raises(ValueError, match="Bayesian"):
-        predict_files(create_model("segnet_basic", 6), SYNTHETIC_META, RAW, [str(folder)], tmp_path / "o", mc_samples=2)
+        plain = LoadedModel(create_model("segnet_basic", 6), SYNTHETIC_META, RAW, None, "test", "segnet_basic")
+        predict_files(plain, [str(folder)], tmp_path / "o", mc_samples=2)
 
 
 def test_cli_predict_exit_status(tmp_path, capsys):

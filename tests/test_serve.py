@@ -60,6 +60,7 @@ class Server:
 
 
 def _app(tmp_path: Path, **options):
+    from segnet.engine.inference import LoadedModel
     from segnet.models import create_model
     from segnet.serve import create_app
 
@@ -68,7 +69,8 @@ def _app(tmp_path: Path, **options):
     example = tmp_path / "example.png"
     Image.fromarray(SyntheticRoadScenes("test", count=1, size=(72, 96)).load(0)[0].permute(1, 2, 0).numpy()).save(
         example)
-    return create_app(model, SYNTHETIC_META, RAW, None, "test", "segnet_basic", example=example, **options)
+    loaded = LoadedModel(model, SYNTHETIC_META, RAW, None, "test", "segnet_basic", trained=False)
+    return create_app(loaded, example=example, **options)
 
 
 def _png_bytes(height: int = 48, width: int = 64, seed: int = 0) -> bytes:

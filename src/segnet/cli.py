@@ -136,7 +136,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import build_dataset
-    from .engine import evaluate
     from .report import format_metrics_table, write_evaluation
 
     if not _checkpoint_path(args) and not args.model:
@@ -145,9 +144,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = build_dataset(args.dataset, args.root, args.split)
     loaded = _loaded_model(args, dataset.meta.num_classes, dataset.meta, fold=False)
     loaded.check_classes(dataset.meta, args.dataset)
-    result = evaluate(loaded.model, dataset, loaded.normalization, device=args.device, batch_size=args.batch_size,
-                      bf_mode=None if args.bf == "none" else args.bf, bf_void=args.bf_void, bf_workers=args.workers,
-                      num_samples=args.samples, input_size=loaded.input_size, amp=args.amp)
+    result = loaded.evaluate(dataset, device=args.device, batch_size=args.batch_size,
+                             bf_mode=None if args.bf == "none" else args.bf, bf_void=args.bf_void,
+                             bf_workers=args.workers, num_samples=args.samples, amp=args.amp)
     info = {"model": loaded.source, "split": args.split, "root": str(args.root) if args.root else None}
     written = write_evaluation(result, args.out, info)
     print(format_metrics_table(result.metrics))
@@ -173,10 +172,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.predict import predict_files
 
     loaded = _loaded_model(args)
-    written, failures = predict_files(loaded.model, loaded.meta, loaded.normalization, args.inputs, args.out,
-                                      loaded.input_size,
-                                      args.mc_samples, args.batch_size, amp=args.amp, video_labels=args.video_labels,
-                                      smooth=args.smooth)
+    written, failures = predict_files(loaded, args.inputs, args.out, args.mc_samples, args.batch_size, amp=args.amp,
+                                      video_labels=args.video_labels, smooth=args.smooth)
     for path, why in failures:
         print(f"segnet: skipped: {why}" if str(path) in why else f"segnet: skipped {path}: {why}", file=sys.stderr)
     on_disk = {p for p in written if p.is_file()}  # what is really there (names are unique per input)
@@ -199,9 +196,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.mc_samples and not has_dropout(loaded.model):
         raise ValueError("--mc-samples needs a Bayesian model (with dropout), e.g. bayesian_segnet_basic")
     example = _example_image()
-    app = create_app(loaded.model, loaded.meta, loaded.normalization, loaded.input_size, loaded.source, name,
-                     args.mc_samples, args.amp,
-                     args.max_batch, args.max_wait_ms, args.max_queue, args.max_upload_mb, example)
+    app = create_app(loaded, name, args.mc_samples, args.amp, args.max_batch, args.max_wait_ms, args.max_queue,
+                     args.max_upload_mb, example)
     print(f"serving {name} at http://{args.host}:{args.port}/  (API: /docs; Ctrl-C stops)")
     run_server(app, args.host, args.port)
     return 0
@@ -216,12 +212,9 @@ def _example_image() -> Path | None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_onnx
-
     loaded = _loaded_model(args, fold=False)
     meta, normalization = loaded.meta, loaded.normalization
-    report = export_onnx(loaded.model, args.out, sizes=args.check_sizes, index_free=args.index_free,
-                         metadata=loaded.metadata(), normalization=normalization)
+    report = loaded.export_onnx(args.out, sizes=args.check_sizes, index_free=args.index_free)
     for check in report["checks"]:
         print(f"onnxruntime vs PyTorch at {tuple(check['shape'])}: labels agree on {check['label_agreement']:.4%}, "
               f"{check['values_off_fraction']:.4%} of logits off by > 1e-3, max |diff| {check['max_abs_difference']:.2e}")

@@ -22,7 +22,6 @@ def run_demo(out: str | os.PathLike, on_step: Callable[[], None] = lambda: None)
     of the three steps. Returns the test metrics, the seconds taken and the street image's name."""
     from ..data import build_dataset
     from ..report import write_evaluation
-    from .evaluate import evaluate
     from .inference import load_model
     from .predict import write_prediction
     from .recipes import resolve_config
@@ -37,8 +36,7 @@ def run_demo(out: str | os.PathLike, on_step: Callable[[], None] = lambda: None)
     on_step()
     trained = load_model(out / "run" / "best.pt")  # it records the size it was trained at
     test = build_dataset("synthetic", None, "test")
-    result = evaluate(trained.model, test, trained.normalization, bf_mode="exact", input_size=trained.input_size,
-                      amp="off")
+    result = trained.evaluate(test, bf_mode="exact", amp="off")
     write_evaluation(result, out / "evaluation", {"model": str(out / "run" / "best.pt"), "split": "test"})
     on_step()
     for index in range(4):
@@ -60,6 +58,5 @@ def segment_camvid_street(out: Path) -> str | None:
     if not images:
         return None
     shipped = load_model(DEFAULT_PRETRAINED)
-    written, _ = predict_files(shipped.model, shipped.meta, shipped.normalization, [str(images[len(images) // 2])],
-                               out, shipped.input_size, progress=False)
+    written, _ = predict_files(shipped, [str(images[len(images) // 2])], out, progress=False)
     return written[-1].name  # the overlay

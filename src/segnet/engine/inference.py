@@ -65,6 +65,20 @@ class LoadedModel:
                 "std": list(self.normalization["std"]),
                 "input_size": list(self.input_size) if self.input_size else None}
 
+    def evaluate(self, dataset, **options):
+        """Score on ``dataset`` (``engine.evaluate.evaluate`` with this model's normalisation and
+        input size; ``options``: its keyword arguments, e.g. ``bf_mode="exact"``)."""
+        from .evaluate import evaluate
+
+        return evaluate(self.model, dataset, self.normalization, input_size=self.input_size, **options)
+
+    def export_onnx(self, path: str | os.PathLike, **options) -> dict:
+        """Export to ONNX with this model's classes, palette, normalisation and input size in
+        the file's metadata (``export.onnx.export_onnx``; ``options``: e.g. ``index_free``)."""
+        from ..export import export_onnx
+
+        return export_onnx(self.model, path, metadata=self.metadata(), normalization=self.normalization, **options)
+
     def predict_logits(self, images: torch.Tensor, amp: str = "auto") -> torch.Tensor:
         """uint8 ``(N, 3, H, W)`` -> fp32 logits ``(N, K, H, W)`` at the images' size."""
         self.model.eval()

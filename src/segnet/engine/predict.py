@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ from ..files import atomic_path
 from .evaluate import predict_labels
 from .precision import autocast, resolve_amp
 from .video import VIDEO_SUFFIXES, is_video, segment_video
+
+if TYPE_CHECKING:  # a type only: inference imports this module
+    from .inference import LoadedModel
 
 
 def segment(model: nn.Module, image, normalization: dict, input_size: tuple[int, int] | None = None,
@@ -127,11 +131,11 @@ def uncertainty_png(variance: np.ndarray) -> Image.Image:
     return Image.fromarray((colormaps["inferno"](variance / top)[..., :3] * 255).astype(np.uint8))
 
 
-def predict_files(model: nn.Module, meta: DatasetMeta, normalization: dict, inputs: list[str], out_dir,
-                  input_size: tuple[int, int] | None = None, mc_samples: int = 0, batch_size: int = 4,
+def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: int = 0, batch_size: int = 4,
                   progress: bool = True, amp: str = "auto", video_labels: bool = False,
                   smooth: float = 0.0) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Segment every input image and video; returns (written files, [(input, why it failed)]).
+    """Segment every input image and video with ``loaded`` (``engine.inference.load_model``);
+    returns (written files, [(input, why it failed)]).
 
     Videos (``is_video``) go through ``segment_video``: ``NAME_overlay.mp4``, with
     ``video_labels`` a ``NAME_labels/`` folder of per-frame label maps, and ``smooth`` the
@@ -148,6 +152,7 @@ def predict_files(model: nn.Module, meta: DatasetMeta, normalization: dict, inpu
     from ..data import DataError
     from ..models.mc_dropout import has_dropout
 
+    model, meta, normalization, input_size = loaded.model, loaded.meta, loaded.normalization, loaded.input_size
     if mc_samples and not has_dropout(model):
         raise ValueError("--mc-samples needs a Bayesian model (with dropout), e.g. bayesian_segnet")
     out = Path(out_dir)

@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch import nn
 
-from ..data import DatasetMeta
+from ..engine.inference import LoadedModel
 from ..engine.precision import resolve_amp
 from ..models import min_input_size
 from .batching import DynamicBatcher, QueueFull
@@ -65,17 +64,20 @@ def _png(picture: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def create_app(model: nn.Module, meta: DatasetMeta, normalization: dict, input_size=None, source: str = "model",
-               model_name: str = "model", mc_samples: int = 0, amp: str = "auto", max_batch: int = 8,
+def create_app(loaded: LoadedModel, model_name: str | None = None, mc_samples: int = 0, amp: str = "auto",
+               max_batch: int = 8,
                max_wait_ms: float = 10.0, max_queue: int = 32, max_upload_mb: float = MAX_UPLOAD_MB,
                example: str | Path | None = None):
-    """The FastAPI app serving ``model``. ``mc_samples`` > 0 (Bayesian models) adds an
-    uncertainty map; ``example``: an image the page can try without an upload."""
+    """The FastAPI app serving ``loaded`` (``engine.inference.load_model``), shown as
+    ``model_name`` (default: the loaded model's). ``mc_samples`` > 0 (Bayesian models) adds
+    an uncertainty map; ``example``: an image the page can try without an upload."""
     from fastapi import FastAPI, File, Query, Request, UploadFile
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     from ..engine.predict import _segment_batch, overlay, palette_png, uncertainty_png
 
+    model, meta, normalization, input_size = loaded.model, loaded.meta, loaded.normalization, loaded.input_size
+    source, model_name = loaded.source, model_name or loaded.name
     device = next(model.parameters()).device
     precision = resolve_amp(amp, device)
     model.eval()
