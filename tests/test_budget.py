@@ -200,3 +200,11 @@ def test_reproduce_table3_trains_and_tests_a_rival_with_the_paper_recipe(tmp_pat
     assert rows[0]["model"] == "deeplab_largefov" and rows[0]["paper"] == [88.20, 62.53, 53.88, 32.77]
     assert rows[0]["recipe"] == "paper" and all(0 <= value <= 1 for value in rows[0]["ours"])
     assert "Table 3's longest column" in (tmp_path / "table.md").read_text()
+
+
+def test_missing_vgg_weights_stop_the_budgeted_run_before_anything_is_measured(tmp_path, capsys):
+    code = main(["reproduce", "all", "--dataset", "synthetic", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--budget", "5m", "--models", "segnet_basic", "fcn8s", "--encoder-weights", str(tmp_path / "no.pth")])
+    err = capsys.readouterr().err
+    assert code == 3 and "no.pth does not exist" in err
+    assert not (tmp_path / "o" / "plan.json").exists()  # nothing measured, nothing planned

@@ -633,7 +633,8 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--epochs", type=_positive_int, help="override the recipe's length (reduced scale)")
     p.add_argument("--size", type=_size, help="train at HEIGHTxWIDTH (reduced scale)")
     p.add_argument("--batch-size", type=_positive_int, help="override the recipe's batch size")
-    p.add_argument("--encoder-weights", help="VGG16 weights for segnet ('imagenet' or a path)")
+    p.add_argument("--encoder-weights", help="ImageNet VGG16 weights for the VGG models (SegNet and the comparison "
+                   "networks): 'imagenet' (torch's download cache) or a path")
     p.add_argument("--device", help="auto (default), cpu, cuda")
     p.add_argument("--seed", type=int, help="random seed (default: 0)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other recipe override")

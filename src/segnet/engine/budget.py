@@ -344,8 +344,8 @@ def _run_config(run: PlannedRun, dataset: str, root: str | None, device: str, en
                 overrides: dict) -> dict:
     values = {**overrides, "model": run.model, "dataset": dataset, "root": root, "epochs": run.epochs,
               "device": device}
-    if run.model in VGG_MODELS and encoder_weights:
-        values["encoder_weights"] = encoder_weights
+    if run.model in VGG_MODELS:  # every recipe starts the VGG encoders from ImageNet here, as the paper does
+        values["encoder_weights"] = encoder_weights or "imagenet"
     return values
 
 
@@ -417,6 +417,10 @@ def reproduce_all(root: str | None, out_dir: str | os.PathLike, budget_seconds: 
     say = print if progress else (lambda *a, **k: None)
     finished = {run.name for run in runs if (out / "runs" / run.name / "result.json").exists()}  # an earlier try's
     todo = [run for run in runs if run.name not in finished]
+    if any(run.model in VGG_MODELS for run in todo):  # fail now, not after the first hour of runs
+        from ..models.init import load_vgg16_state_dict
+
+        load_vgg16_state_dict(encoder_weights or "imagenet")
     say(f"measuring {len(todo)} runs on {torch_device} ...")
     measured = measure_runs(todo, dataset, root, torch_device, overrides, measure_steps, progress)
     speedup, processes = 1.0, 1
