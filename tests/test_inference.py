@@ -154,6 +154,20 @@ def test_benchmark_reports_every_column(tmp_path):
     assert json.loads(js.read_text())["rows"][0]["model"] == "segnet_basic"
 
 
+def test_training_benchmark_times_whole_frames_and_crops(tmp_path, capsys):
+    from segnet.engine.precision import resolve_amp
+
+    assert main(["benchmark", "--training", "--models", "fcn_basic", "--size", "32x48", "--crop", "17x24",
+                 "--out", str(tmp_path / "train")]) == 0
+    table = capsys.readouterr().out
+    assert "| fcn_basic | whole frames 32x48 |" in table and "| fcn_basic | crops 17x24 |" in table
+    rows = json.loads((tmp_path / "train.json").read_text())["rows"]
+    assert [row["input"] for row in rows] == ["whole frames", "crops"] and all(row["fp32"] > 0 for row in rows)
+    native = resolve_amp("auto", torch.device("cpu")) == "bf16"
+    assert all(("bf16" in row) == native for row in rows)  # bf16 only where the CPU runs it natively
+    assert "Device: " in (tmp_path / "train.md").read_text()
+
+
 def test_int8_quantization_runs_and_stays_close(tmp_path):
     pytest.importorskip("onnxruntime")
     import onnx

@@ -20,13 +20,15 @@ import torch
 from torch import nn
 
 from .engine.precision import autocast, check_device, cpu_description, resolve_amp
+from .engine.train import train_step
 from .export.fold import fold_batchnorm
 from .models import MODELS, count_parameters, create_model
 
 VARIANTS = ("eager", "folded", "channels_last", "bf16", "compile", "onnxruntime")
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work (timings must not stop before it is done)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -34,14 +36,83 @@ def _sync(device: torch.device) -> None:
 def _median_seconds(run, repeats: int, warmup: int, device) -> float:
     for _ in range(warmup):
         run()
-    _sync(device)
+    synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def training_step(model_name: str, num_classes: int, batch: int, shape: tuple[int, int], device: torch.device,
+                   amp: str = "auto", channels_last: bool = True):
+    """A function running one real training step (``engine.train.train_step`` and SGD) of a
+    fresh model on a random batch."""
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes).to(device).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    images = torch.randn(batch, 3, *shape, device=device)
+    labels = torch.randint(0, num_classes, (batch, *shape), device=device)
+    weights = torch.ones(num_classes, device=device)
+    precision = resolve_amp(amp, device)
+
+    def step() -> None:
+        train_step(model, images, labels, weights, -1, "valid_pixels", 1, 1, lambda: autocast(precision, device),
+                   channels_last)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def measure_training(model_name: str, num_classes: int, batch: int, shape: tuple[int, int], device: torch.device,
+                     steps: int, amp: str = "auto", channels_last: bool = True) -> float:
+    """Images/s of the real training step on random data, after one warm-up step."""
+    step = training_step(model_name, num_classes, batch, shape, device, amp, channels_last)
+    step()  # warm-up: allocator, oneDNN/cuDNN plans
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def run_training_benchmark(models=("segnet_basic", "segnet"), size=(360, 480), crop=(180, 240), device="cpu",
+                           batch_size: int = 4, steps: int = 3, num_classes: int = 11, progress: bool = True) -> dict:
+    """Training images/s of the real step (``engine.train.train_step``, SGD, channels_last) on
+    whole frames and on crops, in fp32 and, where the hardware runs it natively, bf16."""
+    device = check_device(device)
+    precisions = ("off",) + (("bf16",) if resolve_amp("auto", device) == "bf16" else ())
+    shapes = {"whole frames": tuple(size), **({"crops": tuple(crop)} if crop else {})}
+    rows = []
+    for name in models:
+        for label, shape in shapes.items():
+            row = {"model": name, "input": label, "size": list(shape)}
+            for precision in precisions:
+                row["fp32" if precision == "off" else precision] = measure_training(
+                    name, num_classes, batch_size, shape, device, steps, precision)
+            rows.append(row)
+            if progress:
+                print(f"  {name}, {label} ({shape[0]}x{shape[1]}): " + ", ".join(
+                    f"{key} {row[key]:.2f} img/s" for key in ("fp32", "bf16") if key in row))
+    return {"training": True, "device": device_name(device), "batch_size": batch_size, "steps": steps,
+            "torch": torch.__version__, "rows": rows}
+
+
+def training_markdown(result: dict) -> str:
+    """Training throughput per model and input, fp32 beside bf16, with the device named."""
+    lines = [f"Device: {result['device']}; batch {result['batch_size']}, {result['steps']} timed steps after one "
+             f"warm-up; torch {result['torch']}. Images/s of the training step (forward, backward, SGD).", "",
+             "| model | input | fp32 img/s | bf16 img/s | bf16 / fp32 |", "|---|---|---|---|---|"]
+    for row in result["rows"]:
+        bf16 = row.get("bf16")
+        lines.append(f"| {row['model']} | {row['input']} {row['size'][0]}x{row['size'][1]} | {row['fp32']:.2f} | "
+                     + (f"{bf16:.2f} | {bf16 / row['fp32']:.1f}x |" if bf16 else "- (no native bf16) | - |"))
+    return "\n".join(lines)
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
@@ -183,10 +254,10 @@ def table6_row(name: str, size=(360, 480), device="cpu", repeats: int = 3, num_c
 
     def backward_seconds() -> float:
         loss = nn.functional.cross_entropy(model(x), y)
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         loss.backward()
-        _sync(device)
+        synchronize(device)
         return time.perf_counter() - start
 
     backward_seconds()  # warm-up
@@ -396,6 +467,8 @@ def write_benchmark(result: dict, path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     md, js = path.with_suffix(".md"), path.with_suffix(".json")
-    md.write_text((table6_markdown(result) if "table6" in result else markdown_table(result)) + "\n")
+    text = (table6_markdown(result) if "table6" in result else training_markdown(result) if "training" in result
+            else markdown_table(result))
+    md.write_text(text + "\n")
     js.write_text(json.dumps(result, indent=2) + "\n")
     return [md, js]

@@ -281,9 +281,14 @@ def _reproduce_import(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from .benchmark import markdown_table, run_benchmark, run_table6, table6_markdown, write_benchmark
+    from .benchmark import (markdown_table, run_benchmark, run_table6, run_training_benchmark, table6_markdown,
+                            training_markdown, write_benchmark)
 
-    if args.table6:
+    if args.training:
+        result = run_training_benchmark(tuple(args.models or ("segnet_basic", "segnet")), args.size, args.crop,
+                                        args.device)
+        print(training_markdown(result))
+    elif args.table6:
         result = run_table6(tuple(args.models) if args.models else
                             ("segnet", "deeplab_largefov", "fcn8s", "fcn_bilinear", "deconvnet"),
                             args.size, args.device, args.repeats)
@@ -668,6 +673,11 @@ def _add_benchmark(sub) -> None:
                    help="the paper's Table 6 instead: forward/backward ms (batch 1), training memory (batch 4), "
                    "inference memory, model size, with ratios to SegNet here and in the paper (default models: "
                    "segnet deeplab_largefov fcn8s fcn_bilinear deconvnet)")
+    p.add_argument("--training", action="store_true",
+                   help="training throughput instead: images/s of the real training step on whole frames and on "
+                   "--crop windows, fp32 and (where the hardware runs it natively) bf16 (default models: "
+                   "segnet_basic segnet)")
+    p.add_argument("--crop", type=_size, default=(180, 240), help="--training: crop HxW (default: 180x240)")
     p.add_argument("--out", help="write FILE.md and FILE.json")
     p.set_defaults(func=cmd_benchmark, out_kind="file")
 

@@ -35,14 +35,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..benchmark import device_name, measure_training, synchronize, training_step
 from ..data import build_dataset
 from ..files import write_json
 from ..models import create_model
 from .precision import autocast, resolve_amp
 from .recipes import resolve_config
 from .reproduce import PAPER_SEGNET, PAPER_TABLE1, PAPER_TABLE3, describe_run, test_run, train_or_resume
-from .train import TrainingError, resolve_device, train_step
-from ..benchmark import device_name
+from .train import TrainingError, resolve_device
 
 RIVALS = ("deeplab_largefov", "fcn_bilinear", "fcn8s", "deconvnet")  # Table 3's comparison networks
 # the recipe that got SegNet (VGG16) furthest on CamVid's 367 images (docs/results.md): modern
@@ -173,41 +173,6 @@ def _train_shape(config, frame: tuple[int, int]) -> tuple[int, int]:
     return tuple(config.crop) if config.crop else tuple(config.size) if config.size else frame
 
 
-def _training_step(model_name: str, num_classes: int, batch: int, shape: tuple[int, int], device: torch.device,
-                   amp: str = "auto", channels_last: bool = True):
-    """A function running one real training step (``engine.train.train_step`` and SGD) of a
-    fresh model on a random batch."""
-    torch.manual_seed(0)
-    model = create_model(model_name, num_classes).to(device).train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    images = torch.randn(batch, 3, *shape, device=device)
-    labels = torch.randint(0, num_classes, (batch, *shape), device=device)
-    weights = torch.ones(num_classes, device=device)
-    precision = resolve_amp(amp, device)
-
-    def step() -> None:
-        train_step(model, images, labels, weights, -1, "valid_pixels", 1, 1, lambda: autocast(precision, device),
-                   channels_last)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step
-
-
-def measure_training(model_name: str, num_classes: int, batch: int, shape: tuple[int, int], device: torch.device,
-                     steps: int, amp: str = "auto", channels_last: bool = True) -> float:
-    """Images/s of the real training step on random data, after one warm-up step."""
-    step = _training_step(model_name, num_classes, batch, shape, device, amp, channels_last)
-    step()  # warm-up: allocator, oneDNN/cuDNN plans
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return steps * batch / (time.perf_counter() - start)
-
-
 def measure_inference(model_name: str, num_classes: int, shape: tuple[int, int], device: torch.device,
                       amp: str = "auto", batch: int = 2) -> float:
     """Seconds per image of a forward pass at ``shape`` (validation and test cost)."""
@@ -216,10 +181,10 @@ def measure_inference(model_name: str, num_classes: int, shape: tuple[int, int],
     precision = resolve_amp(amp, device)
     with torch.inference_mode(), autocast(precision, device):
         model(x)
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         model(x)
-        _sync(device)
+        synchronize(device)
     return (time.perf_counter() - start) / batch
 
 
@@ -236,22 +201,17 @@ def measure_bf(dataset) -> float:
     return time.perf_counter() - start
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _side_by_side_worker(model_name, num_classes, batch, shape, device, seconds, barrier, results) -> None:
     """One of several processes training side by side: its images/s within a shared window."""
     device = torch.device(device)
-    step = _training_step(model_name, num_classes, batch, shape, device)
+    step = training_step(model_name, num_classes, batch, shape, device)
     step()  # warm-up, before the window opens
-    _sync(device)
+    synchronize(device)
     barrier.wait()  # all processes ready: the window opens for all at once
     images, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         step()
-        _sync(device)
+        synchronize(device)
         images += batch
     results.put(images / (time.perf_counter() - start))
 
