@@ -2,11 +2,11 @@
 
 Each entry is a slim segnet checkpoint (weights, classes, palette, normalisation, the input
 size it was trained at, and its provenance: recipe, configuration, test metrics). Load one
-like any checkpoint::
+by name wherever a checkpoint path is taken::
 
-    from segnet.engine import load_checkpoint, model_from_checkpoint
-    checkpoint = load_checkpoint(pretrained_path("camvid_segnet_basic"))
-    model, meta, normalization = model_from_checkpoint(checkpoint)
+    from segnet.engine import load_model
+    shipped = load_model("camvid_segnet_basic")
+    labels = shipped.segment("street.png")
 
 Model cards (data, recipe, metrics, limits): docs/models/.
 """
