@@ -19,8 +19,8 @@ DEFAULT_PRETRAINED = "camvid_segnet_basic"
 
 PRETRAINED: dict[str, str] = {
     # name: what it is (the file is NAME.pt beside this module)
-    "camvid_segnet_basic": "SegNet-Basic trained on CamVid's 367 training images (11 classes), "
-                           "runs at 120x160; model card: docs/models/camvid_segnet_basic.md",
+    "camvid_segnet_basic": "SegNet-Basic trained on CamVid's 367 training images (11 classes) at full "
+                           "resolution, runs at 360x480; model card: docs/models/camvid_segnet_basic.md",
 }
 
 

@@ -127,7 +127,9 @@ def curves_by_hours(runs: dict[str, list[dict]], path: Path, key: str = "val_mea
             ax.plot(*zip(*points), marker="o", markersize=3, label=name)
     for label, value in (targets or {}).items():
         ax.axhline(value, linestyle="--", color="grey", linewidth=1)
-        ax.annotate(label, (0, value), textcoords="offset points", xytext=(4, 3), fontsize=8, color="grey")
+        ax.annotate(label, (0, value), xycoords=("axes fraction", "data"), textcoords="offset points",
+                    xytext=(4, 3), fontsize=8, color="grey")
+    ax.margins(y=0.15)  # room above the highest target's label
     ax.set_xlabel("wall-clock hours (training and validation)")
     ax.set_ylabel(f"{key.replace('val_', 'validation ').replace('_', ' ')} (%)")
     ax.set_title(title)
