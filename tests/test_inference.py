@@ -219,11 +219,11 @@ def test_load_model_is_one_way_in_for_paths_shipped_names_and_untrained_models(t
 
     by_name, by_path = load_model("camvid_segnet_basic"), load_model(pretrained_path("camvid_segnet_basic"))
     assert by_name.source == by_path.source and by_name.name == "segnet_basic" and by_name.trained
-    assert by_name.input_size == (120, 160) and len(by_name.meta.class_names) == 11
+    assert by_name.input_size == (360, 480) and len(by_name.meta.class_names) == 11
     image = (torch.rand(3, 45, 61) * 255).to(torch.uint8)
     labels = by_name.segment(image, amp="off")
     assert labels.shape == (45, 61)
-    assert torch.equal(labels, segment(by_path.model, image, by_path.normalization, (120, 160), amp="off"))
+    assert torch.equal(labels, segment(by_path.model, image, by_path.normalization, (360, 480), amp="off"))
     assert torch.equal(by_name.predict_logits(image[None], amp="off").argmax(1)[0], labels)
     folded = by_name.folded()
     assert folded.model is not by_name.model and folded.meta is by_name.meta
