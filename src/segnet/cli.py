@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -218,7 +219,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     for check in report["checks"]:
         print(f"onnxruntime vs PyTorch at {tuple(check['shape'])}: labels agree on {check['label_agreement']:.4%}, "
               f"{check['values_off_fraction']:.4%} of logits off by > 1e-3, max |diff| {check['max_abs_difference']:.2e}")
-    size_mb = __import__("pathlib").Path(args.out).stat().st_size / 1e6
+    size_mb = Path(args.out).stat().st_size / 1e6
     print(f"wrote {args.out} ({size_mb:.1f} MB; input 'image' float32 (N, 3, H, W) normalised with mean "
           f"{list(normalization['mean'])} and std {[round(v, 5) for v in normalization['std']]} on [0, 1] pixels; "
           f"output 'logits' (N, {meta.num_classes}, H, W); BN folded{'; index-free unpooling' if args.index_free else ''})")
@@ -263,7 +264,7 @@ def _reproduce_all(args: argparse.Namespace) -> int:
     print((bundle / "table.md").read_text())
     print(f"bundle ({len(list(bundle.iterdir()))} files) in {bundle}; runs in {args.out}/runs/NAME/; "
           f"put it into the docs with: segnet reproduce import {bundle}")
-    rows = __import__("json").loads((bundle / "table.json").read_text())["rows"]
+    rows = json.loads((bundle / "table.json").read_text())["rows"]
     return 1 if any("failed" in row for row in rows) else 0
 
 

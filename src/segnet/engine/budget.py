@@ -38,7 +38,7 @@ import torch
 from ..benchmark import device_name, measure_training, synchronize, training_step
 from ..data import build_dataset
 from ..files import write_json
-from ..models import create_model
+from ..models import create_model, model_info
 from .precision import autocast, resolve_amp
 from .recipes import resolve_config
 from .reproduce import PAPER_SEGNET, PAPER_TABLE1, PAPER_TABLE3, describe_run, test_run, train_or_resume
@@ -48,7 +48,6 @@ RIVALS = ("deeplab_largefov", "fcn_bilinear", "fcn8s", "deconvnet")  # Table 3's
 # the recipe that got SegNet (VGG16) furthest on CamVid's 367 images (docs/results.md): modern
 # (AdamW 1e-3 on every layer) reached validation mIoU 27 in 20 epochs where finetune stalled at 11
 BEST_SEGNET_RECIPE = "modern"
-VGG_MODELS = ("segnet", "bayesian_segnet", *RIVALS)
 SIDE_BY_SIDE_TIER = 3  # the small Table 1 variants: these may share one GPU
 
 
@@ -304,7 +303,7 @@ def _run_config(run: PlannedRun, dataset: str, root: str | None, device: str, en
                 overrides: dict) -> dict:
     values = {**overrides, "model": run.model, "dataset": dataset, "root": root, "epochs": run.epochs,
               "device": device}
-    if run.model in VGG_MODELS:  # every recipe starts the VGG encoders from ImageNet here, as the paper does
+    if model_info(run.model).vgg_encoder:  # every recipe starts the VGG encoders from ImageNet here, as the paper does
         values["encoder_weights"] = encoder_weights or "imagenet"
     return values
 
@@ -377,7 +376,7 @@ def reproduce_all(root: str | None, out_dir: str | os.PathLike, budget_seconds: 
     say = print if progress else (lambda *a, **k: None)
     finished = {run.name for run in runs if (out / "runs" / run.name / "result.json").exists()}  # an earlier try's
     todo = [run for run in runs if run.name not in finished]
-    if any(run.model in VGG_MODELS for run in todo):  # fail now, not after the first hour of runs
+    if any(model_info(run.model).vgg_encoder for run in todo):  # fail now, not after the first hour of runs
         from ..models.init import load_vgg16_state_dict
 
         load_vgg16_state_dict(encoder_weights or "imagenet")

@@ -15,8 +15,8 @@ from ..data import build_dataset
 from ..files import atomic_path, write_json
 from ..models import count_parameters
 from ..report import percent, write_evaluation
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .evaluate import evaluate
+from .checkpoint import load_checkpoint
+from .inference import load_model
 from .recipes import RECIPES, resolve_config
 from .train import TrainingError, resolve_device, resume_config, train
 
@@ -91,17 +91,15 @@ def test_run(run_dir: Path, recipe: str, dataset: str, root: str | None, paper, 
     return its table row: the run as it was made, the scores, the paper's beside them."""
     last = load_checkpoint(run_dir / "last.pt")
     train_seconds = sum(entry["seconds"] for entry in last["history"])  # resumed epochs included
-    checkpoint = load_checkpoint(run_dir / "best.pt")
-    model, _, normalization = model_from_checkpoint(checkpoint)
-    result = evaluate(model, build_dataset(dataset, root, "test"), normalization, bf_mode="exact",
-                      input_size=checkpoint.get("input_size"), device=resolve_device(last["config"]["device"]),
-                      progress=progress)
+    best = load_model(run_dir / "best.pt", device=resolve_device(last["config"]["device"]))
+    result = best.evaluate(build_dataset(dataset, root, "test"), bf_mode="exact", device=best.device,
+                           progress=progress)
     # described from the run's own configuration, which may predate this invocation
     info = {"model": last["config"]["model"], **describe_run(recipe, last["config"], last["epoch"], dataset),
-            "best_epoch": checkpoint["epoch"]}
+            "best_epoch": last["best"]["epoch"]}
     write_evaluation(result, run_dir / "test", info)
     m = result.metrics
-    return {**info, "params": count_parameters(model), "train_seconds": round(train_seconds, 1),
+    return {**info, "params": count_parameters(best.model), "train_seconds": round(train_seconds, 1),
             "ours": [m["global_accuracy"], m["mean_accuracy"], m["mean_iou"], m["mean_bf_score"]],
             "paper": list(paper)}
 
