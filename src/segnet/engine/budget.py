@@ -26,6 +26,7 @@ import logging
 import math
 import multiprocessing
 import os
+import queue
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -227,10 +228,22 @@ def measure_side_by_side(model_name: str, num_classes: int, batch: int, shape: t
                for _ in range(processes)]
     for worker in workers:
         worker.start()
-    together = sum(results.get(timeout=600) for _ in workers)
+    speeds: list[float] = []
+    waited = time.perf_counter()
+    while len(speeds) < processes:  # a worker that dies (out of memory, a crash) must not leave us waiting
+        try:
+            speeds.append(results.get(timeout=1.0))
+        except queue.Empty:
+            dead = [w for w in workers if w.exitcode not in (None, 0)]
+            if dead or time.perf_counter() - waited > 600:
+                for worker in workers:
+                    worker.kill()
+                why = f"exit code {dead[0].exitcode}" if dead else "no result within 10 minutes"
+                raise RuntimeError(f"measuring {processes} {model_name} runs side by side failed: a worker process "
+                                   f"ended without a result ({why}); run with --side-by-side 1") from None
     for worker in workers:
         worker.join()
-    return together / alone
+    return sum(speeds) / alone
 
 
 def measure_saving(model_name: str, num_classes: int) -> float:
