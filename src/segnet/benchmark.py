@@ -33,7 +33,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_seconds(run, repeats: int, warmup: int, device) -> float:
+def median_seconds(run, repeats: int, warmup: int, device) -> float:
+    """Median wall seconds of ``run()`` over ``repeats`` calls, after ``warmup`` calls."""
     for _ in range(warmup):
         run()
     synchronize(device)
@@ -119,7 +120,7 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, 
     """Measured FLOP/s of a square matrix multiply (the practical peak of this device)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    seconds = _median_seconds(lambda: a @ b, repeats=5, warmup=2, device=device)
+    seconds = median_seconds(lambda: a @ b, repeats=5, warmup=2, device=device)
     return 2 * n**3 / seconds
 
 
@@ -250,7 +251,7 @@ def table6_row(name: str, size=(360, 480), device="cpu", repeats: int = 3, num_c
     model = create_model(name, num_classes).to(device).train()
     x = torch.rand(1, 3, *size, device=device)
     y = torch.randint(0, num_classes, (1, *size), device=device)
-    forward = _median_seconds(lambda: model(x), repeats, 1, device)
+    forward = median_seconds(lambda: model(x), repeats, 1, device)
 
     def backward_seconds() -> float:
         loss = nn.functional.cross_entropy(model(x), y)
@@ -401,13 +402,13 @@ def benchmark_model(name: str, size=(360, 480), device="cpu", variants=("eager",
             torch.cuda.reset_peak_memory_stats(device)
         _peak_rss_reset()
         x1 = torch.rand(1, 3, *size, device=device)
-        latency = _median_seconds(lambda: run(x1), repeats, warmup + (2 if variant == "compile" else 0), device)
+        latency = median_seconds(lambda: run(x1), repeats, warmup + (2 if variant == "compile" else 0), device)
         memory = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_rss_mb())
         throughput = {1: 1 / latency} if 1 in batch_sizes else {}
         for batch in batch_sizes:
             if batch != 1:
                 xb = torch.rand(batch, 3, *size, device=device)
-                throughput[batch] = batch / _median_seconds(lambda: run(xb), repeats, warmup, device)
+                throughput[batch] = batch / median_seconds(lambda: run(xb), repeats, warmup, device)
         best_batch = max(throughput, key=throughput.get)
         row["variants"][variant] = {
             "latency_ms": latency * 1000, "images_per_s": throughput[best_batch], "best_batch": best_batch,

@@ -32,7 +32,7 @@ def _encode(array: np.ndarray, codec: str, quality: int) -> torch.Tensor:
     return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
 
 
-def pack_dataset(datasets: dict[str, Dataset], path: str | Path, lossless: bool = False, quality: int = 95) -> Path:
+def pack_dataset(datasets: dict[str, SegmentationDataset], path: str | Path, lossless: bool = False, quality: int = 95) -> Path:
     """Write ``{split: dataset}`` to one pack file (atomically: a temporary file, then rename)."""
     path = Path(path)
     metas = {ds.meta for ds in datasets.values()}

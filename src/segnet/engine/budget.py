@@ -36,13 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..benchmark import device_name, measure_training, synchronize, training_step
+from ..benchmark import device_name, measure_training, median_seconds, synchronize, training_step
 from ..data import build_dataset
 from ..files import write_json
 from ..models import create_model, model_info
 from .precision import autocast, resolve_amp
 from .recipes import resolve_config
-from .reproduce import PAPER_SEGNET, PAPER_TABLE1, PAPER_TABLE3, describe_run, test_run, train_or_resume
+from .reproduce import PAPER_SEGNET, PAPER_TABLE1, PAPER_TABLE3, failed_row, test_run, train_or_resume
 from .train import TrainingError, resolve_device
 
 RIVALS = ("deeplab_largefov", "fcn_bilinear", "fcn8s", "deconvnet")  # Table 3's comparison networks
@@ -179,13 +179,11 @@ def measure_inference(model_name: str, num_classes: int, shape: tuple[int, int],
     model = create_model(model_name, num_classes).to(device).eval().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, *shape, device=device).contiguous(memory_format=torch.channels_last)
     precision = resolve_amp(amp, device)
-    with torch.inference_mode(), autocast(precision, device):
-        model(x)
-        synchronize(device)
-        start = time.perf_counter()
-        model(x)
-        synchronize(device)
-    return (time.perf_counter() - start) / batch
+
+    def run() -> None:
+        with torch.inference_mode(), autocast(precision, device):
+            model(x)
+    return median_seconds(run, repeats=1, warmup=1, device=device) / batch
 
 
 def measure_bf(dataset) -> float:
@@ -333,8 +331,7 @@ def run_one(run: PlannedRun, out: Path, dataset: str, root: str | None, device: 
         with _log_to(run_dir / "train.log"):  # the epochs' lines go to the run, not the console
             train_or_resume(config, run_dir, progress=progress, stop_at=stop_at)
     except TrainingError as error:
-        row = {**describe_run(run.recipe, asdict(config), config.epochs, dataset), "name": run.name,
-               "model": run.model, "tier": run.tier, "failed": str(error), "paper": list(run.paper),
+        row = {**failed_row(config, error, dataset, run.paper), "name": run.name, "tier": run.tier,
                "paper_note": run.paper_note}
         write_json(run_dir / "result.json", row)
         return row

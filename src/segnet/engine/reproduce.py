@@ -65,9 +65,7 @@ def reproduce(target: str, root: str | None, out_dir: str | os.PathLike, models:
             train_or_resume(config, run_dir, progress=progress)
         except TrainingError as error:  # e.g. a diverging variant: report it, go on with the others
             print(f"{name}: {error}")
-            # described as planned (epochs included): the error says where it stopped
-            rows.append({**describe_run(recipe, asdict(config), config.epochs, dataset), "model": name,
-                         "failed": str(error), "paper": list(paper[name])})
+            rows.append(failed_row(config, error, dataset, paper[name]))
             continue
         rows.append(test_run(run_dir, recipe, dataset, root, paper[name], progress=progress))
     write_json(out / "table.json", rows)
@@ -84,6 +82,13 @@ def train_or_resume(config, run_dir: Path, progress: bool = True, stop_at: float
     elif load_checkpoint(run_dir / "last.pt")["epoch"] < config.epochs:  # interrupted, or extended
         resumed = resume_config(run_dir, {"epochs": config.epochs, "device": config.device})
         train(resumed, run_dir, resume=True, progress=progress, stop_at=stop_at)
+
+
+def failed_row(config, error: Exception, dataset: str, paper) -> dict:
+    """The table row of a run whose training failed: described as planned (epochs included),
+    since the error says where it stopped."""
+    return {**describe_run(config.recipe, asdict(config), config.epochs, dataset), "model": config.model,
+            "failed": str(error), "paper": list(paper)}
 
 
 def test_run(run_dir: Path, recipe: str, dataset: str, root: str | None, paper, progress: bool = True) -> dict:
