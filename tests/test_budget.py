@@ -39,7 +39,7 @@ def test_budget_parses_units_and_refuses_nonsense():
 
 def test_priority_order_is_the_issues_and_covers_the_paper():
     runs = priority_runs()
-    assert [run.name for run in runs[:3]] == ["segnet_basic", "segnet", "segnet-modern"]
+    assert [run.name for run in runs[:3]] == ["segnet_basic", "segnet", "segnet-pretrained"]
     assert [run.tier for run in runs] == sorted(run.tier for run in runs)  # tiers never go back
     assert len([r for r in runs if r.tier == 3]) == 7  # the other Table 1 variants
     assert {r.model for r in runs if r.tier == 4} == {"fcn8s", "fcn_bilinear", "deeplab_largefov", "deconvnet"}

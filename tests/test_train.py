@@ -33,7 +33,10 @@ def test_recipes_carry_the_paper_protocols():
     assert basic.select_by == "global_accuracy" and basic.hflip is False and basic.encoder_weights is None
     paper = resolve_config("paper")
     assert (paper.lr, paper.weight_decay, paper.encoder_weights) == (1e-3, 5e-4, "imagenet")
-    assert set(RECIPES) == {"paper-basic", "paper", "modern", "finetune"}
+    assert set(RECIPES) == {"paper-basic", "paper", "modern", "finetune", "pretrained"}
+    pretrained = resolve_config("pretrained")
+    assert (pretrained.optimizer, pretrained.lr, pretrained.class_balancing) == ("adamw", 3e-4, "natural")
+    assert pretrained.crop == [180, 240] and pretrained.encoder_weights == "imagenet"
     finetune = resolve_config("finetune")
     assert finetune.crop == [180, 240] and finetune.encoder_lr_scale == 0.1 and finetune.encoder_weights == "imagenet"
     overridden = resolve_config("paper", {"lr": 0.01, "scale": [0.5, 2.0], "encoder_weights": None})

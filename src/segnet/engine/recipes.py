@@ -94,6 +94,15 @@ RECIPES: dict[str, dict] = {
                      epochs=60, schedule="cosine", warmup_epochs=1, class_balancing="median_frequency",
                      loss_normalization="valid_pixels", encoder_weights="imagenet", hflip=True, scale=[0.75, 1.25],
                      crop=[180, 240], val_every=3, val_bn_images=48, select_by="mean_iou", bn_recompute=True),
+    # SegNet (VGG16) from the ImageNet encoder on CPU budgets, the recipe that got it furthest
+    # (docs/results.md): AdamW 3e-4 on every layer, 1 warm-up epoch then cosine, NATURAL class
+    # weighting (median frequency balancing stalled the first epochs: val G 21 after 4 epochs
+    # against 77 with natural weights), flips and zoom on 180x240 crops, best by val mIoU.
+    # Its length is a guess: no run of it has reached convergence yet (docs/results.md).
+    "pretrained": dict(optimizer="adamw", lr=3e-4, encoder_lr_scale=1.0, weight_decay=1e-4, batch_size=8, epochs=100,
+                       schedule="cosine", warmup_epochs=1, class_balancing="natural", loss_normalization="valid_pixels",
+                       encoder_weights="imagenet", hflip=True, scale=[0.75, 1.5], crop=[180, 240], val_every=4,
+                       select_by="mean_iou", bn_recompute=False),
 }
 
 _CHOICES = {
@@ -130,6 +139,7 @@ def describe_recipe(name: str) -> str:
         parts.append(f"{recipe['crop'][0]}x{recipe['crop'][1]} crops")
     if recipe.get("hflip"):
         parts.append("flips")
+    parts.append("MFB" if recipe["class_balancing"] == "median_frequency" else "natural class weights")
     return f"{name} ({', '.join(parts)})"
 
 
