@@ -46,9 +46,7 @@ from .reproduce import PAPER_SEGNET, PAPER_TABLE1, PAPER_TABLE3, failed_row, tes
 from .train import TrainingError, resolve_device
 
 RIVALS = ("deeplab_largefov", "fcn_bilinear", "fcn8s", "deconvnet")  # Table 3's comparison networks
-# the recipe that got SegNet (VGG16) furthest on CamVid's 367 images (docs/results.md): pretrained
-# (AdamW 3e-4, natural class weights) where modern (AdamW 1e-3, MFB) reached validation mIoU 27
-# in 20 epochs and finetune stalled at 11
+# the recipe that got SegNet (VGG16) furthest on CamVid's 367 images (recipes.py, docs/results.md)
 BEST_SEGNET_RECIPE = "pretrained"
 SIDE_BY_SIDE_TIER = 3  # the small Table 1 variants: these may share one GPU
 

@@ -99,7 +99,7 @@ RECIPES: dict[str, dict] = {
     # weighting (median frequency balancing stalled the first epochs: val G 21 after 4 epochs
     # against 77 with natural weights), flips and zoom on 180x240 crops, best by val mIoU.
     # Its length is a guess: no run of it has reached convergence yet (docs/results.md).
-    "pretrained": dict(optimizer="adamw", lr=3e-4, encoder_lr_scale=1.0, weight_decay=1e-4, batch_size=8, epochs=100,
+    "pretrained": dict(optimizer="adamw", lr=3e-4, weight_decay=1e-4, batch_size=8, epochs=100,
                        schedule="cosine", warmup_epochs=1, class_balancing="natural", loss_normalization="valid_pixels",
                        encoder_weights="imagenet", hflip=True, scale=[0.75, 1.5], crop=[180, 240], val_every=4,
                        select_by="mean_iou", bn_recompute=False),

@@ -135,5 +135,5 @@ def curves_by_hours(runs: dict[str, list[dict]], path: Path, key: str = "val_mea
     ax.set_title(title)
     ax.grid(alpha=0.3)
     # below the axes: with several runs a legend inside covers the lowest curves
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1 if len(runs) > 3 else len(runs))
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1 if len(runs) > 3 else max(1, len(runs)))
     return _save(fig, path)
