@@ -7,25 +7,20 @@ the prefix of each file. SegNet's release splits them unevenly: validation is al
 the sequence with the most training frames, while Seq05VD, most of the test set, has no
 training frames at all. This script counts each sequence's frames per split and scores the
 model on every sequence of the validation and test splits (one confusion matrix per
-sequence, void ignored, whole frames, bf16 where the CPU has it), so that a gap between
+sequence with `segnet evaluate`'s scoring: void ignored, whole frames, bf16 where the CPU
+has it), so that a gap between
 validation and test can be traced to where it comes from.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import math
 from collections import Counter
-
-import torch
-from tqdm import tqdm
 
 from segnet.data import build_dataset
 from segnet.engine import load_model
-from segnet.engine.evaluate import predict_labels
-from segnet.engine.precision import resolve_amp
-from segnet.metrics import ConfusionMatrix
 
 
 def sequence_of(name: str) -> str:
@@ -41,29 +36,21 @@ def main() -> None:
     args = parser.parse_args()
 
     loaded = load_model(args.checkpoint or "camvid_segnet_basic")
-    model, meta = loaded.model.eval(), loaded.meta
-    precision = resolve_amp("auto", torch.device("cpu"))
     datasets = {split: build_dataset("camvid", args.root, split) for split in ("train", "val", "test")}
     frames = {split: Counter(sequence_of(data.name_of(i)) for i in range(len(data))) for split, data in datasets.items()}
     for split, counts in frames.items():
         print(f"{split}: " + ", ".join(f"{seq} {n}" for seq, n in sorted(counts.items())))
     scores = {}
     for split in ("val", "test"):
-        dataset = datasets[split]
-        confusions: dict[str, ConfusionMatrix] = {}
-        for index in tqdm(range(len(dataset)), desc=split, unit="img"):
-            image, label = dataset.load(index)
-            with torch.inference_mode():
-                pred = predict_labels(model, image[None], loaded.normalization, loaded.input_size, precision)
-            sequence = sequence_of(dataset.name_of(index))
-            confusions.setdefault(sequence, ConfusionMatrix(meta.num_classes, meta.ignore_index)).update(pred, label[None])
-        for sequence, confusion in sorted(confusions.items()):
-            result = confusion.compute()
+        for sequence in sorted(frames[split]):
+            frames_of_sequence = copy.copy(datasets[split])
+            frames_of_sequence.pairs = [pair for i, pair in enumerate(datasets[split].pairs)
+                                        if sequence_of(datasets[split].name_of(i)) == sequence]
+            result = loaded.evaluate(frames_of_sequence, bf_mode=None, progress=False).metrics
             scores[f"{split}/{sequence}"] = {
                 "frames": frames[split][sequence], "train_frames": frames["train"].get(sequence, 0),
                 **{k: result[k] for k in ("global_accuracy", "mean_accuracy", "mean_iou")},
-                "class_recall": {name: recall if math.isfinite(recall) else None  # a class absent from the sequence
-                                 for name, recall in zip(meta.class_names, result["class_accuracy"])},
+                "class_recall": {c["name"]: c["accuracy"] for c in result["classes"]},  # None: absent from the sequence
             }
             print(f"{split} {sequence} ({frames[split][sequence]} frames; {frames['train'].get(sequence, 0)} in train): "
                   f"G {result['global_accuracy'] * 100:.1f}  C {result['mean_accuracy'] * 100:.1f}  "

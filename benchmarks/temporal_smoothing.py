@@ -23,6 +23,8 @@ from segnet.data import build_dataset
 from segnet.engine import load_model
 from segnet.engine.evaluate import predict_logits
 from segnet.engine.video import TemporalSmoothing
+
+from camvid_sequences import sequence_of  # the sibling script (benchmarks/ is on sys.path when run)
 from segnet.metrics import ConfusionMatrix
 
 
@@ -45,8 +47,8 @@ def main() -> None:
     model.eval()
     for index in tqdm(order, desc="frames", unit="frame"):
         name = dataset.name_of(index)
-        if name.split("_")[0] != sequence:  # a new sequence: nothing carries over
-            sequence = name.split("_")[0]
+        if sequence_of(name) != sequence:  # a new sequence: nothing carries over
+            sequence = sequence_of(name)
             for smoother in smoothers.values():
                 smoother.reset()
         image, label = dataset.load(index)
