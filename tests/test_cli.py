@@ -74,6 +74,7 @@ def test_data_check_and_pack(capsys, tmp_path):
     out = tmp_path / "s.pack"
     assert main(["data", "pack", "--dataset", "synthetic", "--splits", "val", "--out", str(out)]) == 0
     assert out.is_file()
+    assert "\r" not in capsys.readouterr().err  # no progress bar when stderr is a log file, not a terminal
     assert main(["data", "check", "--dataset", "synthetic", "--root", str(out), "--splits", "val"]) == 0
     assert main(["data", "check", "--dataset", "camvid", "--root", str(tmp_path / "nowhere")]) == 3
     assert "nowhere: no such dataset folder" in capsys.readouterr().err

@@ -299,7 +299,7 @@ def run_table6(models=("segnet", "deeplab_largefov", "fcn8s", "fcn_bilinear", "d
 
     device = check_device(device)
     rows = [table6_row(name, size, device, repeats)
-            for name in tqdm(models, desc="table 6", unit="model", disable=not progress)]
+            for name in tqdm(models, desc="table 6", unit="model", disable=None if progress else True)]
     reference = next((row for row in rows if row["model"] == "segnet"), None)
     for row in rows:
         paper = PAPER_TABLE6.get(row["model"])
@@ -432,7 +432,8 @@ def run_benchmark(models=None, size=(360, 480), device="cpu", variants=None, bat
     batch_sizes = batch_sizes or ((1, 8, 32, 64) if cuda else (1, 2))
     peak = matmul_peak_flops(device, torch.bfloat16 if cuda else torch.float32, 8192 if cuda else 2048)
     rows = [benchmark_model(name, size, device, variants, batch_sizes, repeats)
-            for name in tqdm(models or list(MODELS), desc="benchmark", unit="model", disable=not progress)]
+            for name in tqdm(models or list(MODELS), desc="benchmark", unit="model",
+                              disable=None if progress else True)]
     for row in rows:
         for result in row["variants"].values():
             result["fraction_of_matmul_peak"] = result["achieved_gflops_per_s"] * 1e9 / peak

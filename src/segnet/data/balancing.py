@@ -44,7 +44,8 @@ def median_frequency_weights(class_pixels: torch.Tensor, image_pixels: torch.Ten
 
 def dataset_labels(dataset, progress: bool = True) -> Iterable[torch.Tensor]:
     """The untransformed label maps of a dataset, one by one."""
-    for index in tqdm(range(len(dataset)), desc="counting classes", unit="img", disable=not progress, leave=False):
+    for index in tqdm(range(len(dataset)), desc="counting classes", unit="img",
+                      disable=None if progress else True, leave=False):
         yield dataset.load(index)[1]
 
 

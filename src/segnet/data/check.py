@@ -30,7 +30,8 @@ def check_split(dataset, split: str, progress: bool = True) -> SplitReport:
         report.problems.append(f"{split}: the split is empty")
         return report
     counts = torch.zeros(meta.num_classes, dtype=torch.long)
-    for index in tqdm(range(len(dataset)), desc=f"checking {split}", unit="img", disable=not progress, leave=False):
+    for index in tqdm(range(len(dataset)), desc=f"checking {split}", unit="img",
+                      disable=None if progress else True, leave=False):
         pairs = getattr(dataset, "pairs", None)
         if pairs is not None:
             try:

@@ -64,7 +64,8 @@ def download_file(url: str, dest: str | Path, sha256: str | None = None, progres
             total = response.headers.get("Content-Length")
             total = int(total) + (offset if resumed else 0) if total else None
             with open(part, mode) as handle, tqdm(
-                total=total, initial=offset if resumed else 0, unit="B", unit_scale=True, desc=dest.name, disable=not progress
+                total=total, initial=offset if resumed else 0, unit="B", unit_scale=True, desc=dest.name,
+                disable=None if progress else True,
             ) as bar:
                 for block in iter(lambda: response.read(CHUNK), b""):
                     handle.write(block)

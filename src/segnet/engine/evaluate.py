@@ -130,7 +130,8 @@ def evaluate(
     rows, samples = [], []
     start = time.perf_counter()
     try:
-        with torch.inference_mode(), tqdm(total=len(dataset), desc="evaluating", unit="img", disable=not progress) as bar:
+        with torch.inference_mode(), tqdm(total=len(dataset), desc="evaluating", unit="img",
+                                               disable=None if progress else True) as bar:
             for indices, images, labels in _batches(dataset, batch_size, loader_workers):
                 images, labels = images.to(device), labels.to(device)
                 preds = predict_labels(model, images, normalization, input_size, precision)

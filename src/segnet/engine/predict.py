@@ -184,7 +184,8 @@ def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: i
                   f"{result['seconds']:.1f} s ({result['frames_per_s']:.1f} frames/s); audio {result['audio']}; "
                   f"-> {result['overlay']}")
     image_indices = [index for index in range(len(paths)) if index not in set(videos)]
-    with tqdm(total=len(image_indices), desc="segmenting", unit="img", disable=not progress or not image_indices) as bar:
+    with tqdm(total=len(image_indices), desc="segmenting", unit="img",
+              disable=not image_indices or (None if progress else True)) as bar:
         for first in range(0, len(image_indices), batch_size):
             by_size: dict[tuple, list] = {}
             for index in image_indices[first:first + batch_size]:

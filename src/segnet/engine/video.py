@@ -102,7 +102,7 @@ def segment_video(model: nn.Module, meta: DatasetMeta, normalization: dict, path
             labels_dir.mkdir(exist_ok=True)
         frames, start = 0, time.perf_counter()
         with atomic_path(target) as tmp, tqdm(total=video.frames or None, desc=f"segmenting {path.name}",
-                                              unit="frame", disable=not progress) as bar:
+                                              unit="frame", disable=None if progress else True) as bar:
             sink = av.open(str(tmp), "w", format="mp4")
             try:
                 encoder = sink.add_stream("libx264", rate=rate)
