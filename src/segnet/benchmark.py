@@ -23,6 +23,7 @@ from .engine.precision import autocast, check_device, cpu_description, resolve_a
 from .engine.train import train_step
 from .export.fold import fold_batchnorm
 from .models import MODELS, count_parameters, create_model
+from .progress import bar_disabled
 
 VARIANTS = ("eager", "folded", "channels_last", "bf16", "compile", "onnxruntime")
 
@@ -299,7 +300,7 @@ def run_table6(models=("segnet", "deeplab_largefov", "fcn8s", "fcn_bilinear", "d
 
     device = check_device(device)
     rows = [table6_row(name, size, device, repeats)
-            for name in tqdm(models, desc="table 6", unit="model", disable=None if progress else True)]
+            for name in tqdm(models, desc="table 6", unit="model", disable=bar_disabled(progress))]
     reference = next((row for row in rows if row["model"] == "segnet"), None)
     for row in rows:
         paper = PAPER_TABLE6.get(row["model"])
@@ -433,7 +434,7 @@ def run_benchmark(models=None, size=(360, 480), device="cpu", variants=None, bat
     peak = matmul_peak_flops(device, torch.bfloat16 if cuda else torch.float32, 8192 if cuda else 2048)
     rows = [benchmark_model(name, size, device, variants, batch_sizes, repeats)
             for name in tqdm(models or list(MODELS), desc="benchmark", unit="model",
-                              disable=None if progress else True)]
+                              disable=bar_disabled(progress))]
     for row in rows:
         for result in row["variants"].values():
             result["fraction_of_matmul_peak"] = result["achieved_gflops_per_s"] * 1e9 / peak

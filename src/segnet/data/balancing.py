@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from ..files import write_json
+from ..progress import bar_disabled
 
 
 def class_pixel_counts(labels: Iterable[torch.Tensor], num_classes: int, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +46,7 @@ def median_frequency_weights(class_pixels: torch.Tensor, image_pixels: torch.Ten
 def dataset_labels(dataset, progress: bool = True) -> Iterable[torch.Tensor]:
     """The untransformed label maps of a dataset, one by one."""
     for index in tqdm(range(len(dataset)), desc="counting classes", unit="img",
-                      disable=None if progress else True, leave=False):
+                      disable=bar_disabled(progress), leave=False):
         yield dataset.load(index)[1]
 
 

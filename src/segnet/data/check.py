@@ -9,6 +9,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .io import DataError, image_conversion_note
+from ..progress import bar_disabled
 
 
 @dataclass
@@ -31,7 +32,7 @@ def check_split(dataset, split: str, progress: bool = True) -> SplitReport:
         return report
     counts = torch.zeros(meta.num_classes, dtype=torch.long)
     for index in tqdm(range(len(dataset)), desc=f"checking {split}", unit="img",
-                      disable=None if progress else True, leave=False):
+                      disable=bar_disabled(progress), leave=False):
         pairs = getattr(dataset, "pairs", None)
         if pairs is not None:
             try:

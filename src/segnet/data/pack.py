@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .io import DataError, DatasetMeta, SegmentationDataset
+from ..progress import bar_disabled
 
 FORMAT = "segnet-pack"
 VERSION = 1
@@ -45,7 +46,7 @@ def pack_dataset(datasets: dict[str, SegmentationDataset], path: str | Path, los
     splits = {}
     for split, dataset in datasets.items():
         images, labels, names = [], [], []
-        for index in tqdm(range(len(dataset)), desc=f"packing {split}", unit="img", disable=None):
+        for index in tqdm(range(len(dataset)), desc=f"packing {split}", unit="img", disable=bar_disabled(True)):
             image, label = dataset.load(index)
             images.append(_encode(image.permute(1, 2, 0).numpy(), codec, quality))
             labels.append(_encode(label.to(torch.uint8).numpy(), "png", quality))

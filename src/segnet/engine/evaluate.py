@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..data import DatasetMeta, normalize
 from ..metrics import BoundaryF1, ConfusionMatrix, confusion_matrix, scores_from_confusion
+from ..progress import bar_disabled
 from .precision import autocast, precision_record, resolve_amp
 
 
@@ -131,7 +132,7 @@ def evaluate(
     start = time.perf_counter()
     try:
         with torch.inference_mode(), tqdm(total=len(dataset), desc="evaluating", unit="img",
-                                               disable=None if progress else True) as bar:
+                                               disable=bar_disabled(progress)) as bar:
             for indices, images, labels in _batches(dataset, batch_size, loader_workers):
                 images, labels = images.to(device), labels.to(device)
                 preds = predict_labels(model, images, normalization, input_size, precision)

@@ -15,6 +15,7 @@ from torch import nn
 from ..data import DatasetMeta, load_image
 from ..data.datasets import IMAGE_SUFFIXES
 from ..files import atomic_path
+from ..progress import bar_disabled
 from .evaluate import predict_labels
 from .precision import autocast, resolve_amp
 from .video import VIDEO_SUFFIXES, is_video, segment_video
@@ -185,7 +186,7 @@ def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: i
                   f"-> {result['overlay']}")
     image_indices = [index for index in range(len(paths)) if index not in set(videos)]
     with tqdm(total=len(image_indices), desc="segmenting", unit="img",
-              disable=not image_indices or (None if progress else True)) as bar:
+              disable=not image_indices or bar_disabled(progress)) as bar:
         for first in range(0, len(image_indices), batch_size):
             by_size: dict[tuple, list] = {}
             for index in image_indices[first:first + batch_size]:

@@ -18,7 +18,6 @@ import csv
 import logging
 import math
 import os
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -33,6 +32,7 @@ from ..data import DatasetMeta, ResidentLoader, build_dataset, compute_class_wei
 from ..files import atomic_path, remove_stale_temporaries, write_json
 from ..metrics import ConfusionMatrix
 from ..models import create_model, model_info
+from ..progress import bar_disabled
 from .checkpoint import load_checkpoint, save_checkpoint, unwrap
 from .precision import autocast as autocast_context
 from .precision import check_device, precision_record, resolve_amp
@@ -275,8 +275,8 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     order and random state): the result equals an uninterrupted run. ``config`` must then
     be the run's own (``resume_config``), where only the ``RESUMABLE`` values may differ;
     what changed is recorded in config.json. A finished run can be extended by giving a
-    larger ``epochs``. ``progress``: progress bars on a terminal; when stderr is not a
-    terminal (a log file) each epoch is one log line. ``stop_at`` (a ``time.time()``
+    larger ``epochs``. ``progress``: progress bars on a terminal or in a notebook; when
+    stderr is a log file or a pipe each epoch is one log line. ``stop_at`` (a ``time.time()``
     value): the first epoch that ends after it is the last one, validated and saved as the
     planned last epoch would be; the run can be continued with ``resume``.
     """
@@ -290,7 +290,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         changes = resume_changes(checkpoint["config"], config, out)
     elif (out / "last.pt").exists():
         raise ValueError(f"{out} already holds a run (last.pt); continue it with --resume or choose another --out")
-    progress = progress and sys.stderr.isatty()
+    progress = not bar_disabled(progress)
     per_rank, remainder = divmod(config.batch_size, world_size)
     if remainder or per_rank % config.accumulate:
         raise ValueError(f"batch_size {config.batch_size} must split evenly over {world_size} processes "

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..data import DataError, DatasetMeta
 from ..files import atomic_path
+from ..progress import bar_disabled
 from .evaluate import predict_logits
 from .precision import resolve_amp
 
@@ -102,7 +103,7 @@ def segment_video(model: nn.Module, meta: DatasetMeta, normalization: dict, path
             labels_dir.mkdir(exist_ok=True)
         frames, start = 0, time.perf_counter()
         with atomic_path(target) as tmp, tqdm(total=video.frames or None, desc=f"segmenting {path.name}",
-                                              unit="frame", disable=None if progress else True) as bar:
+                                              unit="frame", disable=bar_disabled(progress)) as bar:
             sink = av.open(str(tmp), "w", format="mp4")
             try:
                 encoder = sink.add_stream("libx264", rate=rate)
