@@ -1,0 +1,107 @@
+"""How small can a trained model's weights be stored, and what does it cost in accuracy?
+
+    python benchmarks/weight_storage.py --checkpoint RUN/best.pt [--root runs/camvid.pack]
+
+Three ways to store the state dict, sizes as torch.save writes them:
+- fp32: as trained;
+- bf16: convolution weights and biases in bf16, batch-norm tensors in fp32. Under bf16
+  autocast the convolutions cast their weights to bf16 anyway, so this loses nothing for
+  bf16 inference; the script checks that the logits are bit-identical on a few images;
+- int8: convolution weights int8, symmetric per output channel with one fp32 scale each,
+  everything else fp32; dequantised to fp32 when loaded.
+Then CamVid test G and mIoU (whole frames, --amp, no BF) with the weights as stored and
+after the int8 round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import torch
+from torch import nn
+
+from segnet.data import build_dataset, normalize
+from segnet.engine import evaluate, model_from_checkpoint
+from segnet.engine.precision import autocast, resolve_amp
+
+
+def conv_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of every convolution's weight and bias."""
+    keys = set()
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            keys.update(f"{name}.{p}" for p, value in module.named_parameters(recurse=False) if value is not None)
+    return keys
+
+
+def to_bf16(state: dict, convs: set[str]) -> dict:
+    return {k: v.to(torch.bfloat16) if k in convs else v for k, v in state.items()}
+
+
+def to_int8(state: dict, convs: set[str]) -> dict:
+    """Convolution weights -> (int8 values, fp32 scale per output channel); the rest unchanged."""
+    out = {}
+    for key, value in state.items():
+        if key in convs and value.dim() == 4:
+            scale = value.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12) / 127
+            out[key] = (value / scale).round().clamp(-127, 127).to(torch.int8)
+            out[key + ".scale"] = scale.float()
+        else:
+            out[key] = value
+    return out
+
+
+def from_int8(stored: dict) -> dict:
+    state = {}
+    for key, value in stored.items():
+        if key.endswith(".scale"):
+            continue
+        state[key] = value.float() * stored[key + ".scale"] if value.dtype == torch.int8 else value
+    return state
+
+
+def size_mb(state: dict) -> float:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.tell() / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--root", default="../shared/data/CamVid")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"))
+    parser.add_argument("--check-images", type=int, default=2, help="images for the bf16 identity check")
+    args = parser.parse_args()
+
+    model, meta, normalization = model_from_checkpoint(args.checkpoint)
+    model.eval()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    convs = conv_keys(model)
+    bf16, int8 = to_bf16(state, convs), to_int8(state, convs)
+    print(f"{args.checkpoint}: state dict fp32 {size_mb(state):.1f} MB, bf16 convolutions {size_mb(bf16):.1f} MB, "
+          f"int8 convolutions {size_mb(int8):.1f} MB")
+
+    dataset = build_dataset("camvid", args.root, args.split)
+    precision = resolve_amp(args.amp, torch.device("cpu"))
+    images = torch.stack([dataset.load(i)[0] for i in range(args.check_images)])
+    x = normalize(images, normalization["mean"], normalization["std"])
+    with torch.no_grad(), autocast(precision, torch.device("cpu")):
+        reference = model(x)
+        model.load_state_dict({k: v.float() for k, v in bf16.items()})
+        identical = torch.equal(reference, model(x))
+    model.load_state_dict(state)
+    print(f"bf16-stored convolutions, {args.check_images} images under {precision}: logits "
+          f"{'bit-identical' if identical else 'DIFFERENT'}")
+
+    for label, weights in (("as stored", state), ("int8 round trip", from_int8(int8))):
+        model.load_state_dict(weights)
+        metrics = evaluate(model, dataset, normalization, bf_mode=None, amp=args.amp, progress=False).metrics
+        print(f"{label}: {args.split} G {metrics['global_accuracy'] * 100:.2f}, C {metrics['mean_accuracy'] * 100:.2f}, "
+              f"mIoU {metrics['mean_iou'] * 100:.2f} ({metrics.get('amp', precision)})")
+
+
+if __name__ == "__main__":
+    main()
