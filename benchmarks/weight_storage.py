@@ -100,7 +100,7 @@ def main() -> None:
         model.load_state_dict(weights)
         metrics = evaluate(model, dataset, normalization, bf_mode=None, amp=args.amp, progress=False).metrics
         print(f"{label}: {args.split} G {metrics['global_accuracy'] * 100:.2f}, C {metrics['mean_accuracy'] * 100:.2f}, "
-              f"mIoU {metrics['mean_iou'] * 100:.2f} ({metrics.get('amp', precision)})")
+              f"mIoU {metrics['mean_iou'] * 100:.2f} ({precision})")
 
 
 if __name__ == "__main__":
