@@ -8,7 +8,8 @@ Three ways to store the state dict, sizes as torch.save writes them:
   autocast the convolutions cast their weights to bf16 anyway, so this loses nothing for
   bf16 inference; the script checks that the logits are bit-identical on a few images;
 - int8: convolution weights int8, symmetric per output channel with one fp32 scale each,
-  everything else fp32; dequantised to fp32 when loaded.
+  everything else fp32; dequantised to fp32 when loaded. This is what `segnet slim
+  --weights int8` writes (segnet.engine.checkpoint.quantize_kernels).
 Then CamVid test G and mIoU (whole frames, --amp, no BF) with the weights as stored and
 after the int8 round trip.
 """
@@ -23,6 +24,7 @@ from torch import nn
 
 from segnet.data import build_dataset, normalize
 from segnet.engine import evaluate, model_from_checkpoint
+from segnet.engine.checkpoint import dequantize_kernels, quantize_kernels
 from segnet.engine.precision import autocast, resolve_amp
 
 
@@ -37,28 +39,6 @@ def conv_keys(model: nn.Module) -> set[str]:
 
 def to_bf16(state: dict, convs: set[str]) -> dict:
     return {k: v.to(torch.bfloat16) if k in convs else v for k, v in state.items()}
-
-
-def to_int8(state: dict, convs: set[str]) -> dict:
-    """Convolution weights -> (int8 values, fp32 scale per output channel); the rest unchanged."""
-    out = {}
-    for key, value in state.items():
-        if key in convs and value.dim() == 4:
-            scale = value.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12) / 127
-            out[key] = (value / scale).round().clamp(-127, 127).to(torch.int8)
-            out[key + ".scale"] = scale.float()
-        else:
-            out[key] = value
-    return out
-
-
-def from_int8(stored: dict) -> dict:
-    state = {}
-    for key, value in stored.items():
-        if key.endswith(".scale"):
-            continue
-        state[key] = value.float() * stored[key + ".scale"] if value.dtype == torch.int8 else value
-    return state
 
 
 def size_mb(state: dict) -> float:
@@ -80,9 +60,9 @@ def main() -> None:
     model.eval()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     convs = conv_keys(model)
-    bf16, int8 = to_bf16(state, convs), to_int8(state, convs)
+    bf16, (int8, scales) = to_bf16(state, convs), quantize_kernels(state)
     print(f"{args.checkpoint}: state dict fp32 {size_mb(state):.1f} MB, bf16 convolutions {size_mb(bf16):.1f} MB, "
-          f"int8 convolutions {size_mb(int8):.1f} MB")
+          f"int8 convolutions {size_mb({**int8, 'scales': scales}):.1f} MB")
 
     dataset = build_dataset("camvid", args.root, args.split)
     precision = resolve_amp(args.amp, torch.device("cpu"))
@@ -96,7 +76,7 @@ def main() -> None:
     print(f"bf16-stored convolutions, {args.check_images} images under {precision}: logits "
           f"{'bit-identical' if identical else 'DIFFERENT'}")
 
-    for label, weights in (("as stored", state), ("int8 round trip", from_int8(int8))):
+    for label, weights in (("as stored", state), ("int8 round trip", dequantize_kernels(int8, scales))):
         model.load_state_dict(weights)
         metrics = evaluate(model, dataset, normalization, bf_mode=None, amp=args.amp, progress=False).metrics
         print(f"{label}: {args.split} G {metrics['global_accuracy'] * 100:.2f}, C {metrics['mean_accuracy'] * 100:.2f}, "

@@ -7,6 +7,9 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
 - ``dataset``: the classes, palette and ignore value (``DatasetMeta.to_dict()``);
 - ``normalization``: ``{"mean", "std"}`` applied to images scaled to [0, 1];
 - ``state_dict``: the weights;
+- ``weight_scales`` (only in files written with ``weights="int8"``): one fp32 scale per
+  output channel of each convolution kernel, which ``state_dict`` then holds in int8;
+  :func:`load_checkpoint` turns them back into fp32, so every reader sees fp32 weights;
 - anything else the caller adds (the training loop adds recipe, epoch, metrics, optimizer
   and RNG state).
 """
@@ -25,7 +28,9 @@ from ..files import atomic_path
 from ..models import create_model
 
 FORMAT = "segnet-checkpoint"
-VERSION = 1
+VERSION = 1  # what checkpoints with fp32 weights are written as
+INT8_VERSION = 2  # checkpoints with int8 kernels; segnet before them refuses them by this number
+WEIGHT_STORAGE = ("fp32", "int8")
 
 
 def clean_state_dict(model: nn.Module) -> dict:
@@ -81,18 +86,65 @@ def save_checkpoint(
 INFERENCE_KEYS = ("format", "version", "model", "dataset", "normalization", "state_dict", "input_size")
 
 
+def quantize_kernels(state: dict) -> tuple[dict, dict]:
+    """``(state, scales)``: every convolution kernel (4-D floating tensor) of ``state`` in int8,
+    symmetric per output channel, with its fp32 scales (shape ``(out, 1, 1, 1)``); every
+    other tensor unchanged. :func:`dequantize_kernels` undoes it to within half a scale step
+    per weight; docs/results.md measures what that costs in accuracy (nothing measurable on
+    CamVid for SegNet and SegNet-Basic)."""
+    quantized, scales = {}, {}
+    for key, value in state.items():
+        if value.is_floating_point() and value.dim() == 4:
+            scale = value.detach().float().abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12) / 127
+            quantized[key] = (value.detach().float() / scale).round().clamp(-127, 127).to(torch.int8)
+            scales[key] = scale
+        else:
+            quantized[key] = value
+    return quantized, scales
+
+
+def dequantize_kernels(state: dict, scales: dict, where: str | os.PathLike = "the checkpoint") -> dict:
+    """``state`` with each int8 kernel named in ``scales`` multiplied back into fp32.
+
+    A scale without its int8 kernel, a scale of the wrong shape, or an int8 tensor without
+    a scale is refused with ``where`` and the tensor named: such a file was edited.
+    """
+    problems = []
+    for key, scale in scales.items():
+        kernel = state.get(key)
+        if kernel is None or kernel.dtype != torch.int8:
+            problems.append(f"{key} has a scale but no int8 weights")
+        elif not isinstance(scale, torch.Tensor) or tuple(scale.shape) != (kernel.shape[0], 1, 1, 1):
+            problems.append(f"{key}'s scale is not one value per output channel ({kernel.shape[0]})")
+    problems += [f"{key} is int8 without a scale" for key, value in state.items()
+                 if isinstance(value, torch.Tensor) and value.dtype == torch.int8 and key not in scales]
+    if problems:
+        raise ValueError(f"{where}: its int8 weights cannot be read: {'; '.join(problems[:3])}. The file was edited "
+                         "or damaged; write it again with 'segnet slim --weights int8'")
+    return {key: value.float() * scales[key].float() if key in scales else value for key, value in state.items()}
+
+
 def slim_checkpoint(source: str | os.PathLike, dest: str | os.PathLike, keep: tuple[str, ...] = (),
-                    **extra) -> Path:
+                    weights: str = "fp32", **extra) -> Path:
     """Copy a checkpoint without what only resuming needs (optimizer and RNG state, history).
 
     ``keep`` names further entries to carry over (e.g. ``"config"``, ``"metrics"``);
-    ``extra`` adds new ones (e.g. provenance for a model card). Written atomically.
+    ``weights="int8"`` stores the convolution kernels in int8 (:func:`quantize_kernels`;
+    about a quarter of the size; such a file needs a segnet that reads checkpoint version
+    2); ``extra`` adds new entries (e.g. provenance for a model card). Written atomically.
     """
+    if weights not in WEIGHT_STORAGE:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_STORAGE)}, got {weights!r}")
     checkpoint = load_checkpoint(source)
     missing = [key for key in keep if key not in checkpoint]
     if missing:
-        raise ValueError(f"{source}: has no {', '.join(missing)} entry to keep")
+        raise ValueError(f"{source}: has no {', '.join(missing)} entry to keep (it has "
+                         f"{', '.join(k for k in checkpoint if k not in INFERENCE_KEYS)})")
     payload = {key: checkpoint[key] for key in INFERENCE_KEYS + tuple(keep) if key in checkpoint}
+    payload["version"] = VERSION
+    if weights == "int8":
+        payload["state_dict"], payload["weight_scales"] = quantize_kernels(payload["state_dict"])
+        payload["version"] = INT8_VERSION
     payload.update(extra)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -115,10 +167,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"{path}: not a readable checkpoint ({error}); was the file truncated?") from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise ValueError(f"{path}: not a segnet checkpoint (no 'format': '{FORMAT}' entry)")
-    if checkpoint.get("version", 0) > VERSION:
+    if checkpoint.get("version", 0) > INT8_VERSION:
         raise ValueError(f"{path}: checkpoint version {checkpoint['version']} is newer than this segnet "
-                         f"understands ({VERSION}); upgrade segnet")
+                         f"understands ({INT8_VERSION}); upgrade segnet")
     _check_entries(checkpoint, path)
+    scales = checkpoint.pop("weight_scales", None)
+    if scales is not None or any(isinstance(v, torch.Tensor) and v.dtype == torch.int8
+                                 for v in checkpoint["state_dict"].values()):
+        if scales is not None and not isinstance(scales, dict):
+            raise ValueError(f"{path}: its 'weight_scales' entry is not a table of tensors; the file was edited")
+        checkpoint["state_dict"] = dequantize_kernels(checkpoint["state_dict"], scales or {}, path)
+        checkpoint["stored_weights"] = "int8"  # what the file held, for whoever reports on it
     return checkpoint
 
 
