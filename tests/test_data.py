@@ -169,6 +169,13 @@ def test_class_weights_cache(tmp_path):
     assert json.loads(cache.read_text())["weights"] == first["weights"]
     assert all(w > 0 for w in first["weights"])
     assert compute_class_weights(ds, "natural", progress=False)["weights"] == [1.0] * 6
+    # the softened mode: the square roots of the median-frequency weights, cached separately
+    softened = compute_class_weights(ds, "median_frequency_sqrt", cache=cache, progress=False)
+    assert softened["mode"] == "median_frequency_sqrt"
+    torch.testing.assert_close(torch.tensor(softened["weights"]) ** 2, torch.tensor(first["weights"]))
+    assert max(softened["weights"]) < max(first["weights"])  # the rarest class pulls less
+    with pytest.raises(ValueError, match="use one of median_frequency, median_frequency_sqrt, natural"):
+        compute_class_weights(ds, "inverse", progress=False)
 
 
 def test_pack_round_trip(tmp_path):

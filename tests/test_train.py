@@ -46,6 +46,10 @@ def test_recipes_carry_the_paper_protocols():
         resolve_config("paper", {"lrate": 1})
     with pytest.raises(ValueError, match="optimizer must be one of"):
         resolve_config("paper", {"optimizer": "lbfgs"})
+    assert resolve_config("pretrained", {"class_balancing": "median_frequency_sqrt"}).class_balancing == \
+        "median_frequency_sqrt"
+    with pytest.raises(ValueError, match="class_balancing must be one of"):
+        resolve_config("paper", {"class_balancing": "inverse"})
     with pytest.raises(ValueError, match="divisible by accumulate"):
         resolve_config("paper-basic", {"batch_size": 12, "accumulate": 5})
     with pytest.raises(ValueError, match="unknown recipe"):

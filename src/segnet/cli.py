@@ -461,6 +461,8 @@ def _add_forward(sub) -> None:
 
 
 def _add_data(sub) -> None:
+    from .data.balancing import BALANCING_MODES
+
     data = sub.add_parser("data", help="dataset tools: weights, check, pack, download",
                           description="Dataset tools. Datasets: camvid (SegNet release layout), sunrgbd, folder "
                           "(images/ + masks/ + classes.yaml), synthetic (generated road scenes, no root).")
@@ -468,8 +470,9 @@ def _add_data(sub) -> None:
     p = data_sub.add_parser("weights", help="print the class weights (median frequency balancing)",
                             description="Compute class weights from a split and print them as a table.")
     _dataset_options(p)
-    p.add_argument("--mode", choices=["median_frequency", "natural"], default="median_frequency",
-                   help="median_frequency (the paper's) or natural (all ones)")
+    p.add_argument("--mode", choices=list(BALANCING_MODES), default="median_frequency",
+                   help="median_frequency (the paper's), median_frequency_sqrt (their square roots, softer) "
+                   "or natural (all ones)")
     p.add_argument("--cache", help="JSON file to reuse/store the result")
     p.set_defaults(func=cmd_data_weights)
     p = data_sub.add_parser("check", help="scan a dataset and report every problem",

@@ -1,4 +1,4 @@
-"""Class balancing: median frequency balancing (the paper's) or none ("natural")."""
+"""Class balancing: median frequency balancing (the paper's), its square root, or none ("natural")."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ from tqdm import tqdm
 
 from ..files import write_json
 from ..progress import bar_disabled
+
+# median_frequency: the paper's weights; median_frequency_sqrt: their square roots, a softer
+# pull towards rare classes (for fine-tuning a model that MFB made over-predict thin classes);
+# natural: every class weighs 1.
+BALANCING_MODES = ("median_frequency", "median_frequency_sqrt", "natural")
 
 
 def class_pixel_counts(labels: Iterable[torch.Tensor], num_classes: int, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,12 +60,13 @@ def compute_class_weights(
 ) -> dict:
     """Class weights for the loss as ``{"mode", "class_names", "frequency", "weights"}``.
 
-    ``mode`` is ``"median_frequency"`` or ``"natural"`` (all ones). With ``cache``, a JSON
+    ``mode`` is one of ``BALANCING_MODES``: ``"median_frequency"``, ``"median_frequency_sqrt"``
+    (the square roots of the median-frequency weights) or ``"natural"`` (all ones). With ``cache``, a JSON
     file is reused when it was computed for the same dataset, split size and mode.
     """
     meta = dataset.meta
-    if mode not in ("median_frequency", "natural"):
-        raise ValueError(f"unknown class balancing {mode!r}; use 'median_frequency' or 'natural'")
+    if mode not in BALANCING_MODES:
+        raise ValueError(f"unknown class balancing {mode!r}; use one of {', '.join(BALANCING_MODES)}")
     key = {"dataset": meta.name, "samples": len(dataset), "mode": mode, "class_names": list(meta.class_names)}
     if cache is not None and Path(cache).is_file():
         cached = json.loads(Path(cache).read_text())
@@ -72,6 +78,8 @@ def compute_class_weights(
     else:
         class_pixels, image_pixels = class_pixel_counts(dataset_labels(dataset, progress), meta.num_classes, meta.ignore_index)
         freq, weights = median_frequency_weights(class_pixels, image_pixels)
+        if mode == "median_frequency_sqrt":
+            weights = weights.sqrt()
     result = {**key, "frequency": freq.tolist(), "weights": weights.tolist()}
     if cache is not None:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from ..data.balancing import BALANCING_MODES
 from .precision import AMP_CHOICES
 
 LOSS_NORMALIZATIONS = ("valid_pixels", "weights")
@@ -38,7 +39,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "constant"  # constant | cosine (per step, after linear warm-up)
     warmup_epochs: float = 0.0
-    class_balancing: str = "median_frequency"  # median_frequency | natural
+    class_balancing: str = "median_frequency"  # median_frequency | median_frequency_sqrt | natural
     loss_normalization: str = "valid_pixels"  # valid_pixels (the original) | weights (PyTorch's mean)
     encoder_weights: str | None = None  # "imagenet" or a VGG16 state-dict path (VGG models only)
     size: list[int] | None = None  # [H, W] to train at (None: the data's own size)
@@ -108,7 +109,7 @@ RECIPES: dict[str, dict] = {
 _CHOICES = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("constant", "cosine"),
-    "class_balancing": ("median_frequency", "natural"),
+    "class_balancing": BALANCING_MODES,
     "loss_normalization": LOSS_NORMALIZATIONS,
     "select_by": ("global_accuracy", "mean_accuracy", "mean_iou"),
     "amp": AMP_CHOICES,
@@ -139,7 +140,8 @@ def describe_recipe(name: str) -> str:
         parts.append(f"{recipe['crop'][0]}x{recipe['crop'][1]} crops")
     if recipe.get("hflip"):
         parts.append("flips")
-    parts.append("MFB" if recipe["class_balancing"] == "median_frequency" else "natural class weights")
+    parts.append({"median_frequency": "MFB", "median_frequency_sqrt": "square-root MFB"}.get(
+        recipe["class_balancing"], "natural class weights"))
     return f"{name} ({', '.join(parts)})"
 
 
