@@ -203,3 +203,22 @@ def test_curves_by_hours_draws_one_line_per_run_from_metrics_rows(tmp_path):
     # matplotlib's first two line colours (C0 blue, C1 orange) are both drawn
     for colour in ((31, 119, 180), (255, 127, 14)):
         assert (np.abs(image.astype(int) - colour).sum(-1) < 30).sum() > 20, colour
+
+
+def test_curves_by_hours_gives_every_run_its_own_colour_beyond_ten(tmp_path):
+    from matplotlib.colors import to_rgb
+    from PIL import Image
+
+    from segnet.report import curves_by_hours
+    from segnet.report.plots import line_colours
+
+    colours = [to_rgb(c) for c in line_colours(12)]
+    assert len(set(colours)) == 12  # matplotlib's default cycle would repeat C0 and C1
+    runs = {f"run {i}": [{"hours": "0.5", "val_mean_iou": str(0.1 + 0.05 * i)},
+                         {"hours": "1.5", "val_mean_iou": str(0.12 + 0.05 * i)}] for i in range(12)}
+    image = np.asarray(Image.open(curves_by_hours(runs, tmp_path / "c.png")).convert("RGB")).astype(int)
+    for colour in colours[10:]:  # the two colours past the default ten are drawn
+        rgb = np.array(colour) * 255
+        assert (np.abs(image - rgb).sum(-1) < 30).sum() > 20, colour
+    with pytest.raises(ValueError, match="more than a figure's 20"):
+        line_colours(21)

@@ -115,16 +115,26 @@ def training_curves(epochs: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+def line_colours(count: int) -> list:
+    """``count`` distinct line colours: matplotlib's default ten (C0, C1, ...) while they
+    suffice, the 20 of ``tab20`` beyond ten, so no two runs of a figure share a colour."""
+    if count <= 10:
+        return [f"C{i}" for i in range(count)]
+    if count > 20:
+        raise ValueError(f"{count} lines are more than a figure's 20 distinguishable colours; draw fewer runs")
+    return [plt.get_cmap("tab20")(i) for i in range(count)]
+
+
 def curves_by_hours(runs: dict[str, list[dict]], path: Path, key: str = "val_mean_iou",
                     targets: dict[str, float] | None = None, title: str = "") -> Path:
     """One validation score against cumulative wall-clock hours, one line per run
     (``runs``: name -> metrics.csv rows), with dashed horizontal ``targets`` (percent)."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, rows in runs.items():
+    for (name, rows), colour in zip(runs.items(), line_colours(len(runs))):
         points = [(float(r["hours"]), float(r[key]) * 100) for r in rows
                   if r.get(key) not in (None, "") and r.get("hours") not in (None, "")]
         if points:
-            ax.plot(*zip(*points), marker="o", markersize=3, label=name)
+            ax.plot(*zip(*points), marker="o", markersize=3, label=name, color=colour)
     for label, value in (targets or {}).items():
         ax.axhline(value, linestyle="--", color="grey", linewidth=1)
         ax.annotate(label, (0, value), xycoords=("axes fraction", "data"), textcoords="offset points",
