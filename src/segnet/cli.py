@@ -630,6 +630,8 @@ def _add_export(sub) -> None:
 
 
 def _add_slim(sub) -> None:
+    from .engine.checkpoint import WEIGHT_STORAGE
+
     p = sub.add_parser("slim", help="a small copy of a trained checkpoint to share: no training state, int8 optional",
                        description="Copy a checkpoint from 'segnet train' with only what inference needs (the "
                        "model, classes, normalisation and weights; no optimizer or RNG state, so it cannot be "
@@ -640,7 +642,7 @@ def _add_slim(sub) -> None:
                        "this segnet version or newer.")
     p.add_argument("checkpoint", help="the checkpoint to copy (RUN_DIR/best.pt)")
     p.add_argument("--out", required=True, help="the file to write (never the checkpoint itself)")
-    p.add_argument("--weights", choices=["fp32", "int8"], default="fp32",
+    p.add_argument("--weights", choices=list(WEIGHT_STORAGE), default="fp32",
                    help="how to store the convolution kernels (default: fp32, exactly as trained)")
     p.add_argument("--keep", nargs="+", metavar="ENTRY",
                    help="further entries to carry over, e.g. config metrics (the recipe and the scores)")
