@@ -154,6 +154,16 @@ def test_benchmark_reports_every_column(tmp_path):
     assert json.loads(js.read_text())["rows"][0]["model"] == "segnet_basic"
 
 
+def test_device_name_names_the_gpu_and_the_cpu(monkeypatch):
+    # every table and bundle is labelled with this; a CUDA-only path is otherwise never run here
+    from segnet.benchmark import device_name
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA Test GPU")
+    assert device_name(torch.device("cuda:0")) == "NVIDIA Test GPU"
+    cpu = device_name(torch.device("cpu"))
+    assert cpu.endswith(f"{torch.get_num_threads()} threads") and "(" in cpu
+
+
 def test_training_benchmark_times_whole_frames_and_crops(tmp_path, capsys):
     from segnet.engine.precision import resolve_amp
 

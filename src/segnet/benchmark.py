@@ -340,7 +340,7 @@ def table6_markdown(result: dict) -> str:
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model with its vector flags and torch's thread count."""
     if device.type == "cuda":
-        return torch.cuda.getdevice_name(device)
+        return torch.cuda.get_device_name(device)
     cpu = cpu_description()
     return f"{cpu['model']} ({' '.join(cpu['flags'])}), {torch.get_num_threads()} threads"
 
