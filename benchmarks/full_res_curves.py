@@ -38,6 +38,8 @@ RUNS: list[tuple[str, str, tuple[str | float, ...]]] = [
     (BASIC_WHOLE, "SegNet-Basic, then whole frames: 0.01 cosine, 12 more ep (EPYC)", (BASIC_64, BASIC_52)),
     (BASIC_SQRT, "SegNet-Basic, then softened MFB (sqrt): 0.01 cosine, 4 more ep (EPYC; shipped)",
      (BASIC_64, BASIC_52, BASIC_WHOLE)),
+    ("camvid-segnet_basic-fullres-whole-cpu-sqrt-again-12ep",
+     "SegNet-Basic, softened MFB again: 0.005 cosine, 12 more ep (EPYC)", (BASIC_64, BASIC_52, BASIC_WHOLE, BASIC_SQRT)),
     ("camvid-segnet_basic-fullres-crops-cpu-19ep", "SegNet-Basic, 0.1 cosine, 19 ep (EPYC, 1 thread)", ()),
     ("camvid-segnet-pretrained-fullres-crops-cpu-22ep", "SegNet, pretrained: AdamW 3e-4, natural, 22 ep (EPYC)", ()),
     ("camvid-segnet-natural-fullres-crops-cpu-14ep", "SegNet, pretrained again: natural, 14 ep (EPYC)", ()),
