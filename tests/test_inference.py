@@ -223,6 +223,26 @@ def test_table6_columns_and_ratios_to_segnet():
     assert "| deeplab_largefov | 20.5 |" in table and "paper 1.89x" in table
 
 
+def test_benchmark_tables_read_well_on_a_gpu():
+    # the H200's numbers, as its JSON holds them: single-digit milliseconds keep their
+    # decimals, and the CPU-only fresh-process memory table is left out where nothing filled it
+    from segnet.benchmark import markdown_table, table6_markdown
+
+    table6 = {"device": "NVIDIA H200", "size": [360, 480], "torch": "2.11", "table6": [
+        {"model": "segnet", "params_m": 29.4, "forward_ms": 4.712, "forward_ms_ratio": 1.0, "backward_ms": 312.4,
+         "backward_ms_ratio": 1.0}]}
+    assert "| segnet | 29.4 | 4.71 (1.00x) | 312 (1.00x) | - | - | - |" in table6_markdown(table6)
+    variant = {"latency_ms": 2.07, "images_per_s": 1051.6, "best_batch": 64, "peak_memory_mb": 366.1,
+               "achieved_gflops_per_s": 224431.0, "fraction_of_matmul_peak": 0.28}
+    gpu = {"device": "NVIDIA H200", "size": [360, 480], "torch": "2.11", "matmul_peak_gflops_per_s": 788836.0,
+           "matmul_dtype": "bf16", "rows": [{"model": "segnet", "params_m": 29.449, "gflops": 213.4, "model_mb": 117.8,
+                                             "inference_memory_mb": None, "variants": {"bf16": variant}}]}
+    assert "fresh process |" not in markdown_table(gpu)
+    assert "| segnet | 29.449 | 213.4 | 117.8 | bf16 | 2.1 | 1051.60 (64) | 366 | 224431 | 28% |" in markdown_table(gpu)
+    gpu["rows"][0]["inference_memory_mb"] = 362.0
+    assert "| segnet | 362 |" in markdown_table(gpu)
+
+
 def test_load_model_is_one_way_in_for_paths_shipped_names_and_untrained_models(tmp_path):
     from segnet.engine import load_model
     from segnet.pretrained import pretrained_path

@@ -329,7 +329,8 @@ def table6_markdown(result: dict) -> str:
         ratio, paper = row.get(f"{column}_ratio"), row.get(f"{column}_paper_ratio")
         ratios = f"{ratio:.2f}x" if ratio is not None else "-"
         ratios += f"; paper {paper:.2f}x" if paper is not None else ""
-        return f"{value:.0f} ({ratios})"
+        # a GPU's milliseconds are single digits: keep three significant figures there
+        return f"{value:.0f} ({ratios})" if value >= 100 else f"{value:.3g} ({ratios})"
 
     for row in result["table6"]:
         lines.append(f"| {row['model']} | {row['params_m']:.1f} | " + " | ".join(cell(row, c) for c in TABLE6_COLUMNS)
@@ -448,14 +449,15 @@ def markdown_table(result: dict) -> str:
              f"measured matmul peak {result['matmul_peak_gflops_per_s']:.0f} GFLOP/s ({result['matmul_dtype']}). "
              "Peak memory: CUDA max allocated, or on CPU the benchmark process's peak RSS (torch included); "
              "'inference MB' (CPU): a fresh process's peak RSS in a batch-1 eager forward minus its RSS after "
-             "importing torch.", "",
-             "| model | inference MB (batch 1, fresh process) |", "|---|---|"]
-    lines += [f"| {row['model']} | " + ("-" if row.get("inference_memory_mb") is None else
-                                         f"{row['inference_memory_mb']:.0f}") + " |" for row in result["rows"]]
-    lines += ["",
-             "| model | params (M) | GFLOPs/img | model MB | variant | batch-1 ms | best img/s (batch) | "
-             "peak memory MB | GFLOP/s | of matmul peak |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "importing torch.", ""]
+    if any(row.get("inference_memory_mb") is not None for row in result["rows"]):  # CPU only
+        lines += ["| model | inference MB (batch 1, fresh process) |", "|---|---|"]
+        lines += [f"| {row['model']} | " + ("-" if row.get("inference_memory_mb") is None else
+                                             f"{row['inference_memory_mb']:.0f}") + " |" for row in result["rows"]]
+        lines += [""]
+    lines += ["| model | params (M) | GFLOPs/img | model MB | variant | batch-1 ms | best img/s (batch) | "
+              "peak memory MB | GFLOP/s | of matmul peak |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         for variant, r in row["variants"].items():
             memory = "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"

@@ -174,9 +174,12 @@ def import_bundle(bundle_dir: str | os.PathLike, docs_dir: str | os.PathLike = "
     if (bundle / "benchmark.json").exists():
         benchmark = json.loads((bundle / "benchmark.json").read_text())
         targets = gpu_targets(benchmark)
+        from ..benchmark import markdown_table
+
+        # drawn again from the JSON, so bundles made by older versions read like new ones
         lines = [f"### {table['device']}, {table['started']} UTC", "",
-                 "Measured by `segnet reproduce all` (`segnet benchmark` in the same run).", "",
-                 (bundle / "benchmark.md").read_text().strip()]
+                 "Measured on the same machine by `segnet benchmark`, run by `segnet reproduce all` (or kept "
+                 "from an earlier try in the same folder).", "", markdown_table(benchmark)]
         if targets:
             lines += ["", f"| SegNet GPU target ({'x'.join(map(str, benchmark['size']))}) | measured | met |", "|---|---|---|"]
             lines += [f"| {t['target']} | {t['value'] if t['value'] is not None else '-'} | "
