@@ -15,7 +15,7 @@ import pytest
 
 from segnet.cli import main
 from segnet.engine.budget import (PlannedRun, measure_side_by_side, parse_budget, plan_runs, priority_runs,
-                                  reproduce_all)
+                                  reproduce_all, stop_time)
 from segnet.engine.bundle import BUNDLE_FILES, gpu_targets, import_bundle
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
@@ -67,6 +67,24 @@ def test_plan_gives_the_protocol_when_it_fits_and_the_same_fraction_when_not():
         run.side_by_side = True
     plan_runs(small, seconds=100, side_by_side_speedup=2.0)
     assert [r.epochs for r in small] == [100, 100]
+
+
+def test_a_run_that_outlasts_its_estimate_leaves_the_later_runs_their_minimum():
+    # as on the H200: SegNet's paper recipe planned for 151 epochs ran past its estimate and,
+    # allowed up to the deadline, left nothing for the `pretrained` run planned after it
+    first, second, third = _run("paper", 2, 300, 1.0), _run("pretrained", 2, 100, 0.5), _run("late", 3, 10, 2.0)
+    first.epochs, second.epochs, third.epochs = 150, 50, 0  # the third was not planned
+    first.test_images, first.inference_seconds_per_image, first.bf_seconds_per_image = 10, 0.1, 0.4
+    # plenty of time: half as long again as its estimate (150 s of epochs, 10 s of BN pass over
+    # its 100 training images, 5 s of testing)
+    assert first.seconds(150) == pytest.approx(165.0)
+    assert stop_time(first, [second, third], now=0.0, end=1000.0) == pytest.approx(247.5)
+    # tight: it stops in time for its own test (5 s) and one epoch of the next (0.5 s)
+    assert stop_time(first, [second, third], now=0.0, end=160.0) == pytest.approx(160.0 - 5.0 - 0.5)
+    assert stop_time(first, [second], now=0.0, end=160.0, min_epochs=4) == pytest.approx(160.0 - 5.0 - 2.0)
+    assert stop_time(first, [], now=0.0, end=160.0) == pytest.approx(155.0)
+    first.side_by_side = True  # sharing the device: credited by the speedup, plus a process start
+    assert stop_time(first, [], now=0.0, end=1000.0, side_by_side_speedup=2.0) == pytest.approx(247.5 / 2 + 15)
 
 
 def test_estimates_count_validation_testing_loading_and_saving():

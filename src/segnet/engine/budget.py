@@ -168,6 +168,20 @@ def plan_runs(runs: list[PlannedRun], seconds: float, min_epochs: int = 1,
     return runs
 
 
+def stop_time(run: PlannedRun, later: list[PlannedRun], now: float, end: float, min_epochs: int = 1,
+              side_by_side_speedup: float = 1.0) -> float:
+    """When ``run`` must stop training: at half as long again as its estimate, and early
+    enough to be tested and to leave every planned run after it (``later``) the time of
+    ``min_epochs`` epochs, so that one run that outlasts its estimate shortens the ones after
+    it rather than dropping them (``end``: the budget's deadline less its reserve)."""
+    allowed = 1.5 * run.seconds(run.epochs)
+    if run.side_by_side:  # sharing the device, in a process of its own that must start first
+        allowed = allowed / side_by_side_speedup + 15
+    testing = run.test_images * (run.inference_seconds_per_image + run.bf_seconds_per_image)
+    keep_for_later = sum(r.seconds(min(r.epochs, min_epochs)) for r in later)
+    return min(now + allowed, end - testing - keep_for_later)
+
+
 def _train_shape(config, frame: tuple[int, int]) -> tuple[int, int]:
     return tuple(config.crop) if config.crop else tuple(config.size) if config.size else frame
 
@@ -437,12 +451,9 @@ def reproduce_all(root: str | None, out_dir: str | os.PathLike, budget_seconds: 
     if finished:
         say(f"kept from an earlier try: {', '.join(sorted(finished))}")
 
-    def job(run: PlannedRun) -> tuple:  # it stops by itself at half as long again as estimated
-        testing = run.test_images * (run.inference_seconds_per_image + run.bf_seconds_per_image)
-        allowed = 1.5 * run.seconds(run.epochs)
-        if run.side_by_side:  # sharing the device, in a process of its own that must start first
-            allowed = allowed / speedup + 15
-        stop_at = min(time.time() + allowed, deadline - reserve - testing)
+    def job(run: PlannedRun) -> tuple:
+        later = [r for r in todo if r.epochs > 0 and not (r is run or (run.side_by_side and r.side_by_side))]
+        stop_at = stop_time(run, later, time.time(), deadline - reserve, min_epochs, speedup)
         return run, out, dataset, root, device, encoder_weights, overrides, stop_at
 
     todo = [run for run in todo if run.epochs > 0]  # what the budget does not reach stays out
