@@ -167,9 +167,9 @@ sys.exit(main(sys.argv[2:]))
 @pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run(_train_command(straight, "--epochs", "3"), env=ENV, check=True, capture_output=True, timeout=300)
-    # 12 steps per epoch: step 18 is in the middle of epoch 2
-    command = [sys.executable, "-c", _DIE_AT_STEP, "18", *_train_command(killed, "--epochs", "3")[3:]]
+    subprocess.run(_train_command(straight, "--epochs", "2"), env=ENV, check=True, capture_output=True, timeout=300)
+    # 12 steps per epoch: step 18 is in the middle of epoch 2, the last
+    command = [sys.executable, "-c", _DIE_AT_STEP, "18", *_train_command(killed, "--epochs", "2")[3:]]
     process = subprocess.run(command, env=ENV, capture_output=True, timeout=300)
     assert process.returncode == -signal.SIGKILL
     assert load_checkpoint(killed / "last.pt")["epoch"] == 1  # it really died mid-run
