@@ -78,6 +78,10 @@ class PlannedRun:
     def epoch_seconds(self) -> float:
         return self.train_images / self.train_images_per_s
 
+    def testing_seconds(self) -> float:
+        """The test evaluation with exact BF."""
+        return self.test_images * (self.inference_seconds_per_image + self.bf_seconds_per_image)
+
     def seconds(self, epochs: int) -> float:
         """Estimated wall time: training, its validations, the BN pass over the training set
         and the test evaluation with exact BF."""
@@ -89,7 +93,7 @@ class PlannedRun:
         return (loading + epochs * (self.epoch_seconds() + self.save_seconds)
                 + validations * (self.val_images * infer + self.save_seconds)
                 + (self.train_images + self.val_images) * infer
-                + self.test_images * (infer + self.bf_seconds_per_image))
+                + self.testing_seconds())
 
 
 def priority_runs(models: list[str] | None = None) -> list[PlannedRun]:
@@ -177,9 +181,8 @@ def stop_time(run: PlannedRun, later: list[PlannedRun], now: float, end: float, 
     allowed = 1.5 * run.seconds(run.epochs)
     if run.side_by_side:  # sharing the device, in a process of its own that must start first
         allowed = allowed / side_by_side_speedup + 15
-    testing = run.test_images * (run.inference_seconds_per_image + run.bf_seconds_per_image)
     keep_for_later = sum(r.seconds(min(r.epochs, min_epochs)) for r in later)
-    return min(now + allowed, end - testing - keep_for_later)
+    return min(now + allowed, end - run.testing_seconds() - keep_for_later)
 
 
 def _train_shape(config, frame: tuple[int, int]) -> tuple[int, int]:

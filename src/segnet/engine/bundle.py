@@ -23,6 +23,7 @@ import re
 import shutil
 from pathlib import Path
 
+from ..benchmark import markdown_table
 from ..files import atomic_path, write_json
 from .checkpoint import slim_checkpoint
 from .reproduce import format_table
@@ -174,8 +175,6 @@ def import_bundle(bundle_dir: str | os.PathLike, docs_dir: str | os.PathLike = "
     if (bundle / "benchmark.json").exists():
         benchmark = json.loads((bundle / "benchmark.json").read_text())
         targets = gpu_targets(benchmark)
-        from ..benchmark import markdown_table
-
         # drawn again from the JSON, so bundles made by older versions read like new ones
         lines = [f"### {table['device']}, {table['started']} UTC", "",
                  "Measured on the same machine by `segnet benchmark`, run by `segnet reproduce all` (or kept "
