@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from segnet.cli import main
-from segnet.engine.budget import (PlannedRun, measure_side_by_side, parse_budget, plan_runs, priority_runs,
+from segnet.reproduce.budget import (PlannedRun, measure_side_by_side, parse_budget, plan_runs, priority_runs,
                                   reproduce_all, stop_time)
-from segnet.engine.bundle import BUNDLE_FILES, gpu_targets, import_bundle
+from segnet.reproduce.bundle import BUNDLE_FILES, gpu_targets, import_bundle
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
 TINY = {"size": [32, 48], "bn_recompute": False}
@@ -221,7 +221,7 @@ def test_cli_reproduce_all_and_import_refuse_what_is_missing(tmp_path, capsys):
 
 
 def test_reproduce_table3_trains_and_tests_a_rival_with_the_paper_recipe(tmp_path):
-    from segnet.engine.reproduce import reproduce
+    from segnet.reproduce.paper import reproduce
 
     overrides = {"epochs": 1, "size": [32, 48], "batch_size": 8, "encoder_weights": None, "bn_recompute": False,
                  "device": "cpu"}

@@ -156,7 +156,7 @@ def test_benchmark_reports_every_column(tmp_path):
 
 def test_device_name_names_the_gpu_and_the_cpu(monkeypatch):
     # every table and bundle is labelled with this; a CUDA-only path is otherwise never run here
-    from segnet.benchmark import device_name
+    from segnet.engine.measure import device_name
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA Test GPU")
     assert device_name(torch.device("cuda:0")) == "NVIDIA Test GPU"
@@ -226,7 +226,7 @@ def test_table6_columns_and_ratios_to_segnet():
 def test_benchmark_tables_read_well_on_a_gpu():
     # the H200's numbers, as its JSON holds them: single-digit milliseconds keep their
     # decimals, and the CPU-only fresh-process memory table is left out where nothing filled it
-    from segnet.benchmark import markdown_table, table6_markdown
+    from segnet.report.tables import markdown_table, table6_markdown
 
     table6 = {"device": "NVIDIA H200", "size": [360, 480], "torch": "2.11", "table6": [
         {"model": "segnet", "params_m": 29.4, "forward_ms": 4.712, "forward_ms_ratio": 1.0, "backward_ms": 312.4,

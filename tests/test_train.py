@@ -227,7 +227,7 @@ def test_cli_train_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_wiring(tmp_path, monkeypatch, capsys):
-    import segnet.engine.demo as demo
+    import segnet.reproduce.demo as demo
 
     monkeypatch.setitem(demo.DEMO_OVERRIDES, "epochs", 1)
     monkeypatch.setitem(demo.DEMO_OVERRIDES, "val_every", 1)
@@ -245,7 +245,7 @@ def test_demo_wiring(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_reproduce_labels_reduced_scale_and_reuses_finished_runs(tmp_path, capsys):
-    from segnet.engine.reproduce import reproduce
+    from segnet.reproduce.paper import reproduce
 
     overrides = {"epochs": 1, "size": [32, 48], "batch_size": 8, "device": "cpu", "bn_recompute": False}
     rows = reproduce("table1", None, tmp_path, models=["segnet_basic"], overrides=overrides, dataset="synthetic",
@@ -270,7 +270,7 @@ def test_reproduce_labels_reduced_scale_and_reuses_finished_runs(tmp_path, capsy
 def test_reproduce_goes_on_when_one_model_diverges(tmp_path, capsys, monkeypatch):
     # One variant stops with a non-finite loss (as FCN-Basic-NoDimReduction does at lr 0.1 on
     # CamVid); the table must say so for it and still hold the model trained after it.
-    import segnet.engine.reproduce as reproduce_module
+    import segnet.reproduce.paper as reproduce_module
     from segnet.engine.train import TrainingError
 
     real_train = reproduce_module.train

@@ -19,68 +19,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .engine.precision import autocast, check_device, cpu_description, resolve_amp
-from .engine.train import train_step
+from .engine.measure import device_name, measure_training, median_seconds, synchronize
+from .engine.precision import autocast, check_device, resolve_amp
 from .export.fold import fold_batchnorm
 from .models import MODELS, count_parameters, create_model
 from .progress import bar_disabled
+from .report.tables import TABLE6_COLUMNS, markdown_table, table6_markdown, training_markdown
 
 VARIANTS = ("eager", "folded", "channels_last", "bf16", "compile", "onnxruntime")
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the GPU's queued work (timings must not stop before it is done)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(run, repeats: int, warmup: int, device) -> float:
-    """Median wall seconds of ``run()`` over ``repeats`` calls, after ``warmup`` calls."""
-    for _ in range(warmup):
-        run()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def training_step(model_name: str, num_classes: int, batch: int, shape: tuple[int, int], device: torch.device,
-                   amp: str = "auto", channels_last: bool = True):
-    """A function running one real training step (``engine.train.train_step`` and SGD) of a
-    fresh model on a random batch."""
-    torch.manual_seed(0)
-    model = create_model(model_name, num_classes).to(device).train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    images = torch.randn(batch, 3, *shape, device=device)
-    labels = torch.randint(0, num_classes, (batch, *shape), device=device)
-    weights = torch.ones(num_classes, device=device)
-    precision = resolve_amp(amp, device)
-
-    def step() -> None:
-        train_step(model, images, labels, weights, -1, "valid_pixels", 1, 1, lambda: autocast(precision, device),
-                   channels_last)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step
-
-
-def measure_training(model_name: str, num_classes: int, batch: int, shape: tuple[int, int], device: torch.device,
-                     steps: int, amp: str = "auto", channels_last: bool = True) -> float:
-    """Images/s of the real training step on random data, after one warm-up step."""
-    step = training_step(model_name, num_classes, batch, shape, device, amp, channels_last)
-    step()  # warm-up: allocator, oneDNN/cuDNN plans
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(device)
-    return steps * batch / (time.perf_counter() - start)
 
 
 def run_training_benchmark(models=("segnet_basic", "segnet"), size=(360, 480), crop=(180, 240), device="cpu",
@@ -103,18 +49,6 @@ def run_training_benchmark(models=("segnet_basic", "segnet"), size=(360, 480), c
                     f"{key} {row[key]:.2f} img/s" for key in ("fp32", "bf16") if key in row))
     return {"training": True, "device": device_name(device), "batch_size": batch_size, "steps": steps,
             "torch": torch.__version__, "rows": rows}
-
-
-def training_markdown(result: dict) -> str:
-    """Training throughput per model and input, fp32 beside bf16, with the device named."""
-    lines = [f"Device: {result['device']}; batch {result['batch_size']}, {result['steps']} timed steps after one "
-             f"warm-up; torch {result['torch']}. Images/s of the training step (forward, backward, SGD).", "",
-             "| model | input | fp32 img/s | bf16 img/s | bf16 / fp32 |", "|---|---|---|---|---|"]
-    for row in result["rows"]:
-        bf16 = row.get("bf16")
-        lines.append(f"| {row['model']} | {row['input']} {row['size'][0]}x{row['size'][1]} | {row['fp32']:.2f} | "
-                     + (f"{bf16:.2f} | {bf16 / row['fp32']:.1f}x |" if bf16 else "- (no native bf16) | - |"))
-    return "\n".join(lines)
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
@@ -224,7 +158,6 @@ PAPER_TABLE6 = {
     "deconvnet": {"forward_ms": 474.65, "backward_ms": 602.15, "train_memory_mb": 9731, "inference_memory_mb": 1872,
                   "model_mb": 877},
 }
-TABLE6_COLUMNS = ("forward_ms", "backward_ms", "train_memory_mb", "inference_memory_mb", "model_mb")
 
 
 def isolated_training_memory_mb(name: str, size=(360, 480), batch: int = 4, num_classes: int = 11) -> float | None:
@@ -311,39 +244,6 @@ def run_table6(models=("segnet", "deeplab_largefov", "fcn8s", "fcn_bilinear", "d
             row[f"{column}_ratio"] = ours / base if ours is not None and base else None
             row[f"{column}_paper_ratio"] = (paper[column] / PAPER_TABLE6["segnet"][column]) if paper else None
     return {"device": device_name(device), "size": list(size), "torch": torch.__version__, "table6": rows}
-
-
-def table6_markdown(result: dict) -> str:
-    """Table 6 side by side: each column as ours (ratio to SegNet here | in the paper)."""
-    lines = [f"Device: {result['device']}; input {result['size'][0]}x{result['size'][1]}; torch {result['torch']}; "
-             "fp32, training-mode forward/backward at batch 1 (median), training memory at batch 4 and inference "
-             "memory at batch 1 (CPU: a fresh process's peak RSS minus its RSS after importing torch; CUDA: max "
-             "allocated), model MB = fp32 parameters. Each cell: ours (its ratio to SegNet here; the same ratio in the paper's Table 6).", "",
-             "| network | params (M) | forward ms | backward ms | train MB (batch 4) | inference MB | model MB |",
-             "|---|---|---|---|---|---|---|"]
-
-    def cell(row: dict, column: str) -> str:
-        value = row.get(column)
-        if value is None:
-            return "-"
-        ratio, paper = row.get(f"{column}_ratio"), row.get(f"{column}_paper_ratio")
-        ratios = f"{ratio:.2f}x" if ratio is not None else "-"
-        ratios += f"; paper {paper:.2f}x" if paper is not None else ""
-        # a GPU's milliseconds are single digits: keep three significant figures there
-        return f"{value:.0f} ({ratios})" if value >= 100 else f"{value:.3g} ({ratios})"
-
-    for row in result["table6"]:
-        lines.append(f"| {row['model']} | {row['params_m']:.1f} | " + " | ".join(cell(row, c) for c in TABLE6_COLUMNS)
-                     + " |")
-    return "\n".join(lines)
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model with its vector flags and torch's thread count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = cpu_description()
-    return f"{cpu['model']} ({' '.join(cpu['flags'])}), {torch.get_num_threads()} threads"
 
 
 def _runner(model: nn.Module, variant: str, device: torch.device):
@@ -441,30 +341,6 @@ def run_benchmark(models=None, size=(360, 480), device="cpu", variants=None, bat
             result["fraction_of_matmul_peak"] = result["achieved_gflops_per_s"] * 1e9 / peak
     return {"device": device_name(device), "size": list(size), "matmul_peak_gflops_per_s": peak / 1e9,
             "matmul_dtype": "bf16" if cuda else "fp32", "torch": torch.__version__, "rows": rows}
-
-
-def markdown_table(result: dict) -> str:
-    """Table 1 / Table 6 style: params, GFLOPs, time, memory, model size; one line per model and variant."""
-    lines = [f"Device: {result['device']}; input {result['size'][0]}x{result['size'][1]}; torch {result['torch']}; "
-             f"measured matmul peak {result['matmul_peak_gflops_per_s']:.0f} GFLOP/s ({result['matmul_dtype']}). "
-             "Peak memory: CUDA max allocated, or on CPU the benchmark process's peak RSS (torch included); "
-             "'inference MB' (CPU): a fresh process's peak RSS in a batch-1 eager forward minus its RSS after "
-             "importing torch.", ""]
-    if any(row.get("inference_memory_mb") is not None for row in result["rows"]):  # CPU only
-        lines += ["| model | inference MB (batch 1, fresh process) |", "|---|---|"]
-        lines += [f"| {row['model']} | " + ("-" if row.get("inference_memory_mb") is None else
-                                             f"{row['inference_memory_mb']:.0f}") + " |" for row in result["rows"]]
-        lines += [""]
-    lines += ["| model | params (M) | GFLOPs/img | model MB | variant | batch-1 ms | best img/s (batch) | "
-              "peak memory MB | GFLOP/s | of matmul peak |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for row in result["rows"]:
-        for variant, r in row["variants"].items():
-            memory = "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
-            lines.append(f"| {row['model']} | {row['params_m']:.3f} | {row['gflops']:.1f} | {row['model_mb']:.1f} | "
-                         f"{variant} | {r['latency_ms']:.1f} | {r['images_per_s']:.2f} ({r['best_batch']}) | {memory} | "
-                         f"{r['achieved_gflops_per_s']:.0f} | {r['fraction_of_matmul_peak'] * 100:.0f}% |")
-    return "\n".join(lines)
 
 
 def write_benchmark(result: dict, path: str | os.PathLike) -> list[Path]:

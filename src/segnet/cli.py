@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job on the embedded default: train, evaluate and segment, offline, in about a minute."""
-    from .engine.demo import DEMO_OVERRIDES, run_demo
+    from .reproduce.demo import DEMO_OVERRIDES, run_demo
     from .report import format_metrics_table
 
     out = Path(args.out)
@@ -251,7 +251,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                          "(segnet data pack)")
     if args.target == "all":
         return _reproduce_all(args)
-    from .engine.reproduce import reproduce
+    from .reproduce.paper import reproduce
 
     overrides = _recipe_overrides(args, ("epochs", "batch_size", "device", "seed", "encoder_weights"))
     rows = reproduce(args.target, args.root, args.out, args.models, overrides, args.dataset)
@@ -264,7 +264,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _reproduce_all(args: argparse.Namespace) -> int:
-    from .engine.budget import parse_budget, reproduce_all
+    from .reproduce.budget import parse_budget, reproduce_all
 
     if args.budget is None:
         raise ValueError("reproduce all needs --budget: the wall time to fit, e.g. --budget 25m")
@@ -284,7 +284,7 @@ def _reproduce_all(args: argparse.Namespace) -> int:
 
 
 def _reproduce_import(args: argparse.Namespace) -> int:
-    from .engine.bundle import import_bundle
+    from .reproduce.bundle import import_bundle
 
     if not args.bundle:
         raise ValueError("reproduce import needs the bundle folder: segnet reproduce import OUT/bundle")
@@ -297,8 +297,8 @@ def _reproduce_import(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from .benchmark import (markdown_table, run_benchmark, run_table6, run_training_benchmark, table6_markdown,
-                            training_markdown, write_benchmark)
+    from .benchmark import run_benchmark, run_table6, run_training_benchmark, write_benchmark
+    from .report.tables import markdown_table, table6_markdown, training_markdown
 
     if args.training:
         result = run_training_benchmark(tuple(args.models or ("segnet_basic", "segnet")), args.size, args.crop,

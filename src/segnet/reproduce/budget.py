@@ -11,7 +11,7 @@ moment leaves every finished run behind:
 3. **run**: train, test with exact BF, write ``runs/NAME/result.json`` and refresh the
    bundle, run after run; each run stops by itself when its share of the time is spent,
    and the whole stops before the budget ends, leaving time to write;
-4. **bundle**: at most 8 small files in ``OUT/bundle`` (see ``engine.bundle``).
+4. **bundle**: at most 8 small files in ``OUT/bundle`` (see ``reproduce.bundle``).
 
 Priority: (1) SegNet-Basic with the paper-basic recipe; (2) SegNet (VGG16) with the
 paper's recipe and with the best recipe of docs/results.md; (3) the seven other Table 1
@@ -36,14 +36,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..benchmark import device_name, measure_training, median_seconds, synchronize, training_step
+from ..engine.measure import device_name, measure_training, median_seconds, synchronize, training_step
 from ..data import build_dataset
 from ..files import write_json
 from ..models import create_model, model_info
-from .precision import autocast, resolve_amp
-from .recipes import resolve_config
-from .reproduce import PAPER_SEGNET, PAPER_TABLE1, PAPER_TABLE3, failed_row, test_run, train_or_resume
-from .train import TrainingError, resolve_device
+from ..engine.precision import autocast, resolve_amp
+from ..engine.recipes import resolve_config
+from .paper import PAPER_SEGNET, PAPER_TABLE1, PAPER_TABLE3, failed_row, test_run, train_or_resume
+from ..engine.train import TrainingError, resolve_device
 
 RIVALS = ("deeplab_largefov", "fcn_bilinear", "fcn8s", "deconvnet")  # Table 3's comparison networks
 # the recipe that got SegNet (VGG16) furthest on CamVid's 367 images (recipes.py, docs/results.md)
@@ -98,7 +98,7 @@ class PlannedRun:
 
 def priority_runs(models: list[str] | None = None) -> list[PlannedRun]:
     """The runs of the whole paper in priority order (``models``: keep only these)."""
-    from .recipes import RECIPES
+    from ..engine.recipes import RECIPES
 
     table1_note = "Table 1: 367 training images, MFB"
     more_data = "trained on 3,433 images (ours on CamVid's 367)"

@@ -22,10 +22,10 @@ def run_demo(out: str | os.PathLike, on_step: Callable[[], None] = lambda: None)
     of the three steps. Returns the test metrics, the seconds taken and the street image's name."""
     from ..data import build_dataset
     from ..report import write_evaluation
-    from .inference import load_model
-    from .predict import write_prediction
-    from .recipes import resolve_config
-    from .train import train
+    from ..engine.inference import load_model
+    from ..engine.predict import write_prediction
+    from ..engine.recipes import resolve_config
+    from ..engine.train import train
 
     out = Path(out)
     if (out / "run").exists():
@@ -50,8 +50,8 @@ def run_demo(out: str | os.PathLike, on_step: Callable[[], None] = lambda: None)
 def segment_camvid_street(out: Path) -> str | None:
     """Segment one real CamVid test image with the shipped model, when the data is beside the checkout."""
     from ..pretrained import DEFAULT_PRETRAINED
-    from .inference import load_model
-    from .predict import predict_files
+    from ..engine.inference import load_model
+    from ..engine.predict import predict_files
 
     root = Path(os.environ.get("SEGNET_CAMVID", Path(os.environ.get("SEGNET_SHARED", "../shared")) / "data" / "CamVid"))
     images = sorted((root / "test").glob("*.png"))

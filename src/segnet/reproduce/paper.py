@@ -15,10 +15,10 @@ from ..data import build_dataset
 from ..files import atomic_path, write_json
 from ..models import count_parameters
 from ..report import percent, write_evaluation
-from .checkpoint import load_checkpoint
-from .inference import load_model
-from .recipes import RECIPES, resolve_config
-from .train import TrainingError, resolve_device, resume_config, train
+from ..engine.checkpoint import load_checkpoint
+from ..engine.inference import load_model
+from ..engine.recipes import RECIPES, resolve_config
+from ..engine.train import TrainingError, resolve_device, resume_config, train
 
 # Table 1 (CamVid, 360x480, median frequency balancing): G, C, mIoU, BF (percent)
 PAPER_TABLE1 = {

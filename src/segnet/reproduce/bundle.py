@@ -23,10 +23,10 @@ import re
 import shutil
 from pathlib import Path
 
-from ..benchmark import markdown_table
+from ..report.tables import markdown_table
 from ..files import atomic_path, write_json
-from .checkpoint import slim_checkpoint
-from .reproduce import format_table
+from ..engine.checkpoint import slim_checkpoint
+from .paper import format_table
 
 BUNDLE_FILES = ("table.md", "table.json", "runs.json", "curves.png", "segnet_basic.pt", "benchmark.md",
                 "benchmark.json")
