@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from segnet.data import build_dataset, normalize
-from segnet.engine import evaluate, load_checkpoint, model_from_checkpoint
+from segnet.engine import evaluate, load_model
 from segnet.export import export_onnx
 from segnet.export.quantize import quantize_onnx
 from segnet.models import create_model, model_info
@@ -84,8 +84,8 @@ def main() -> None:
           f"onnxruntime fp32 {ort32:.0f} ms ({eager / ort32:.2f}x), onnxruntime int8 {ort8:.0f} ms ({eager / ort8:.2f}x)")
 
     if args.checkpoint:
-        trained, meta, normalization = model_from_checkpoint(args.checkpoint)
-        size = load_checkpoint(args.checkpoint).get("input_size")
+        loaded = load_model(args.checkpoint)
+        trained, normalization, size = loaded.model, loaded.normalization, loaded.input_size
         export_onnx(trained, folder / "trained.onnx", sizes=[tuple(size or (360, 480))])
         quantize_onnx(folder / "trained.onnx", folder / "trained_int8.onnx",
                       calibration_images(args.root, args.calibration, normalization, size))

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from segnet.data import build_dataset, normalize
-from segnet.engine import evaluate, model_from_checkpoint
+from segnet.engine import evaluate, load_model
 from segnet.engine.checkpoint import dequantize_kernels, quantize_kernels
 from segnet.engine.precision import autocast, resolve_amp
 
@@ -56,7 +56,8 @@ def main() -> None:
     parser.add_argument("--check-images", type=int, default=2, help="images for the bf16 identity check")
     args = parser.parse_args()
 
-    model, meta, normalization = model_from_checkpoint(args.checkpoint)
+    loaded = load_model(args.checkpoint)
+    model, normalization = loaded.model, loaded.normalization
     model.eval()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     convs = conv_keys(model)
@@ -78,7 +79,8 @@ def main() -> None:
 
     for label, weights in (("as stored", state), ("int8 round trip", dequantize_kernels(int8, scales))):
         model.load_state_dict(weights)
-        metrics = evaluate(model, dataset, normalization, bf_mode=None, amp=args.amp, progress=False).metrics
+        metrics = evaluate(model, dataset, normalization, bf_mode=None, amp=args.amp, input_size=loaded.input_size,
+                           progress=False).metrics
         print(f"{label}: {args.split} G {metrics['global_accuracy'] * 100:.2f}, C {metrics['mean_accuracy'] * 100:.2f}, "
               f"mIoU {metrics['mean_iou'] * 100:.2f} ({precision})")
 

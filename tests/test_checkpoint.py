@@ -10,7 +10,7 @@ from segnet import pretrained_path
 from segnet.cli import main
 from segnet.data import build_dataset, normalize
 from segnet.data.synthetic import render_scene
-from segnet.engine import evaluate, load_checkpoint, model_from_checkpoint, save_checkpoint, slim_checkpoint
+from segnet.engine import evaluate, load_checkpoint, load_model, save_checkpoint, slim_checkpoint
 from segnet.engine.checkpoint import dequantize_kernels, quantize_kernels
 from segnet.models import create_model
 
@@ -67,7 +67,7 @@ def test_int8_slim_checkpoint_round_trip(trained_like, tmp_path):
         else:
             assert torch.equal(value, original[key]), key  # biases and BN statistics stay exact
 
-    model_from_checkpoint(int8)  # loads into the architecture it records
+    load_model(int8)  # loads into the architecture it records
 
     # slimmed again to fp32, the file is a version-1 checkpoint older segnet reads
     again = load_checkpoint(slim_checkpoint(int8, tmp_path / "again.pt"))
@@ -84,8 +84,8 @@ def test_int8_shipped_model_labels_almost_every_pixel_as_before(tmp_path):
     image, _ = render_scene(3, 180, 240)
     scores = []
     for weights in ("fp32", "int8"):
-        model, _, normalization = model_from_checkpoint(
-            slim_checkpoint(pretrained_path(), tmp_path / f"{weights}.pt", weights=weights))
+        _loaded = load_model(slim_checkpoint(pretrained_path(), tmp_path / f"{weights}.pt", weights=weights))
+        model, normalization = _loaded.model, _loaded.normalization
         x = normalize(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, normalization["mean"],
                       normalization["std"])
         with torch.inference_mode():
@@ -139,8 +139,8 @@ def test_int8_shipped_model_costs_nothing_measurable_on_real_camvid(camvid_root,
     test.pairs = test.pairs[::24]
     scores = {}
     for weights in ("fp32", "int8"):
-        checkpoint = load_checkpoint(slim_checkpoint(pretrained_path(), tmp_path / f"{weights}.pt", weights=weights))
-        model, _, normalization = model_from_checkpoint(checkpoint)
+        _loaded = load_model(slim_checkpoint(pretrained_path(), tmp_path / f"{weights}.pt", weights=weights))
+        model, normalization = _loaded.model, _loaded.normalization
         scores[weights] = evaluate(model, test, normalization, bf_mode=None, amp="off", progress=False).metrics
     assert abs(scores["int8"]["mean_iou"] - scores["fp32"]["mean_iou"]) < 0.005
     assert abs(scores["int8"]["global_accuracy"] - scores["fp32"]["global_accuracy"]) < 0.005

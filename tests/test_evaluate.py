@@ -14,7 +14,7 @@ from torch import nn
 
 from segnet.cli import main
 from segnet.data import SYNTHETIC_META, SyntheticRoadScenes
-from segnet.engine import evaluate, load_checkpoint, model_from_checkpoint, save_checkpoint
+from segnet.engine import evaluate, load_checkpoint, load_model, save_checkpoint
 from segnet.metrics import BoundaryF1, ConfusionMatrix
 from segnet.models import create_model
 from segnet.report import write_evaluation
@@ -52,7 +52,8 @@ def test_checkpoint_round_trip_is_safe_and_atomic(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["best.pt"]  # no temporary file left
     checkpoint = load_checkpoint(path)
     assert checkpoint["epoch"] == 3 and checkpoint["metrics"] == {"mean_iou": 0.5}
-    loaded, meta, normalization = model_from_checkpoint(path)
+    _loaded = load_model(path)
+    loaded, meta, normalization = _loaded.model, _loaded.meta, _loaded.normalization
     assert meta == SYNTHETIC_META and normalization["std"] == [1.0, 1.0, 1.0]
     x = torch.rand(1, 3, 40, 50)
     with torch.no_grad():

@@ -14,9 +14,10 @@ from segnet.cli import main
 from segnet.data import SYNTHETIC_META
 from segnet.engine import save_checkpoint
 from segnet.engine.inference import LoadedModel
-from segnet.engine.predict import palette_png, predict_files, segment
+from segnet.engine.predict import predict_files
 from segnet.export import compare_outputs, export_onnx, fold_batchnorm
 from segnet.models import MODELS, create_model
+from segnet.report import palette_png
 
 RAW = {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255)}
 
@@ -46,16 +47,18 @@ def test_batchnorm_folding_keeps_outputs(name):
 
 def test_segment_accepts_tensor_pil_and_path(tmp_path):
     model = create_model("segnet_basic", 6)
+    loaded = LoadedModel(model, SYNTHETIC_META, RAW, None, "test", "segnet_basic")
     image = (torch.rand(3, 30, 41) * 255).to(torch.uint8)
-    labels = segment(model, image, RAW)
+    labels = loaded.segment(image)
     assert labels.shape == (30, 41) and labels.dtype == torch.int64 and model.training  # mode restored
     pil = Image.fromarray(image.permute(1, 2, 0).numpy())
-    assert torch.equal(segment(model, pil, RAW), labels)
+    assert torch.equal(loaded.segment(pil), labels)
     pil.save(tmp_path / "x.png")
-    assert torch.equal(segment(model, tmp_path / "x.png", RAW), labels)
-    assert segment(model, image, RAW, input_size=(20, 28)).shape == (30, 41)  # resized and back
+    assert torch.equal(loaded.segment(tmp_path / "x.png"), labels)
+    resized = LoadedModel(model, SYNTHETIC_META, RAW, (20, 28), "test", "segnet_basic")
+    assert resized.segment(image).shape == (30, 41)  # resized and back
     with pytest.raises(ValueError, match="uint8"):
-        segment(model, image.float(), RAW)
+        loaded.segment(image.float())
 
 
 def test_palette_png_stores_class_ids():
@@ -253,7 +256,7 @@ def test_load_model_is_one_way_in_for_paths_shipped_names_and_untrained_models(t
     image = (torch.rand(3, 45, 61) * 255).to(torch.uint8)
     labels = by_name.segment(image, amp="off")
     assert labels.shape == (45, 61)
-    assert torch.equal(labels, segment(by_path.model, image, by_path.normalization, (360, 480), amp="off"))
+    assert torch.equal(labels, by_path.segment(image, amp="off"))
     assert torch.equal(by_name.predict_logits(image[None], amp="off").argmax(1)[0], labels)
     folded = by_name.folded()
     assert folded.model is not by_name.model and folded.meta is by_name.meta

@@ -8,7 +8,7 @@ import torch
 
 from segnet import pretrained_path
 from segnet.data import build_dataset
-from segnet.engine import evaluate, model_from_checkpoint
+from segnet.engine import evaluate, load_model
 from segnet.engine.evaluate import predict_logits
 from segnet.engine.precision import cpu_description, cpu_has_native_bf16, resolve_amp
 from segnet.engine.recipes import TrainConfig, resolve_config
@@ -41,7 +41,8 @@ def test_amp_resolves_by_device_and_cpu_flags(monkeypatch):
 
 @needs_native_bf16
 def test_bf16_inference_agrees_with_fp32_on_a_native_bf16_cpu():
-    model, meta, normalization = model_from_checkpoint(pretrained_path("camvid_segnet_basic"))
+    _loaded = load_model(pretrained_path("camvid_segnet_basic"))
+    model, normalization = _loaded.model, _loaded.normalization
     dataset = build_dataset("synthetic", None, "test")
     images = torch.stack([dataset.load(i)[0] for i in range(4)])
     with torch.inference_mode():

@@ -12,7 +12,7 @@ from segnet import PRETRAINED, pretrained_path
 from segnet.cli import main
 from segnet.data import build_dataset
 from segnet.data.synthetic import render_scene
-from segnet.engine import evaluate, load_checkpoint, model_from_checkpoint, save_checkpoint, slim_checkpoint
+from segnet.engine import evaluate, load_checkpoint, load_model, save_checkpoint, slim_checkpoint
 from segnet.models import create_model
 
 # Measured on the 10 test images below (every 24th of the 233) when the weights were made:
@@ -33,7 +33,7 @@ def test_shipped_checkpoint_is_slim_and_complete():
     assert checkpoint["dataset"]["name"] == "camvid" and len(checkpoint["dataset"]["class_names"]) == 11
     test = checkpoint["test_metrics"]  # what the model card reports, computed on all 233 test images
     assert test["images"] == 233 and test["bf_mode"] == "exact" and 0 < test["mean_iou"] < 1
-    model, meta, _ = model_from_checkpoint(checkpoint)
+    model = load_model(path).model
     with torch.inference_mode():
         assert model(torch.zeros(1, 3, 120, 160)).shape == (1, 11, 120, 160)
     with pytest.raises(ValueError, match="shipped: camvid_segnet_basic"):
@@ -58,21 +58,21 @@ def test_slim_checkpoint_keeps_inference_entries_only(tmp_path):
                            input_size=[32, 48])
     slim = slim_checkpoint(full, tmp_path / "slim.pt", keep=("config",), card="docs/x.md")
     checkpoint = load_checkpoint(slim)
+    load_model(slim)
     assert "optimizer" not in checkpoint
     assert checkpoint["config"] == {"lr": 0.1} and checkpoint["card"] == "docs/x.md"
     assert checkpoint["input_size"] == [32, 48]
-    model_from_checkpoint(checkpoint)
     with pytest.raises(ValueError, match="no metrics entry"):
         slim_checkpoint(full, tmp_path / "other.pt", keep=("metrics",))
     assert not (tmp_path / "other.pt").exists()
 
 
 def test_shipped_model_scores_on_real_camvid(camvid_root):
-    checkpoint = load_checkpoint(pretrained_path())
-    model, meta, normalization = model_from_checkpoint(checkpoint)
+    _loaded = load_model(pretrained_path())
+    model, normalization = _loaded.model, _loaded.normalization
     test = build_dataset("camvid", camvid_root, "test")
     test.pairs = test.pairs[::24]  # 10 images spread over the test sequences
-    result = evaluate(model, test, normalization, bf_mode=None, input_size=checkpoint["input_size"], progress=False)
+    result = evaluate(model, test, normalization, bf_mode=None, input_size=_loaded.input_size, progress=False)
     assert result.metrics["images"] == 10
     assert result.metrics["global_accuracy"] > FLOOR_GLOBAL_ACCURACY
     assert result.metrics["mean_iou"] > FLOOR_MEAN_IOU

@@ -17,7 +17,7 @@ from torch import nn
 
 from conftest import CAMVID_ROOT
 from segnet.cli import main
-from segnet.engine import load_checkpoint, model_from_checkpoint
+from segnet.engine import load_checkpoint, load_model
 from segnet.engine.recipes import RECIPES, parse_override, resolve_config
 from segnet.engine.train import TrainingError, recompute_bn_statistics, train, weighted_loss_sum
 
@@ -98,7 +98,8 @@ def test_training_run_writes_everything(tmp_path):
     assert {"optimizer", "rng", "history", "config", "metrics"} <= set(last)
     best = load_checkpoint(tmp_path / "best.pt")
     assert best["epoch"] == summary["best"]["epoch"] and best["bn_recomputed"] is True
-    model, meta, normalization = model_from_checkpoint(tmp_path / "best.pt")
+    _loaded = load_model(tmp_path / "best.pt")
+    model, meta = _loaded.model, _loaded.meta
     assert meta.name == "synthetic" and not model.training
     with pytest.raises(ValueError, match="already holds a run"):
         train(config, tmp_path, progress=False)
@@ -193,8 +194,9 @@ def test_two_process_gloo_run_equals_one_process(tmp_path):
                              "--standalone", "-m", "segnet", *_train_command(ddp, "--epochs", "1", *augment)[3:]],
                             env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    single_model, meta, normalization = model_from_checkpoint(single / "last.pt")
-    ddp_model, _, _ = model_from_checkpoint(ddp / "last.pt")
+    _loaded = load_model(single / "last.pt")
+    single_model, meta, normalization = _loaded.model, _loaded.meta, _loaded.normalization
+    ddp_model = load_model(ddp / "last.pt").model
     # the learned parameters agree (summation order differs: all-reduce vs accumulation);
     # BN running statistics are not compared: each forward updates them, and one process
     # with two micro-batches makes twice as many forwards per step as each rank does
@@ -371,7 +373,8 @@ def test_validation_can_use_bn_statistics_recomputed_on_training_frames(tmp_path
     config = resolve_config("paper-basic", {**TINY, "epochs": 1, "crop": [24, 32], "val_bn_images": 16,
                                             "bn_recompute": False})
     train(config, tmp_path, progress=False)
-    model, meta, normalization = model_from_checkpoint(tmp_path / "last.pt")
+    _loaded = load_model(tmp_path / "last.pt")
+    model, normalization = _loaded.model, _loaded.normalization
     saved = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     # the same pass by hand: 16 whole training frames, evenly spread, the run's batch size and precision
     images, labels, _ = load_split(TrainConfig(**TINY), "train", progress=False)

@@ -201,17 +201,14 @@ def _check_entries(checkpoint: dict, path) -> None:
                          "written by segnet or was edited: use a checkpoint from 'segnet train' (RUN_DIR/best.pt)")
 
 
-def model_from_checkpoint(checkpoint: dict | str | os.PathLike, map_location: str | torch.device = "cpu",
-                          source: str | os.PathLike | None = None):
-    """``(model in eval mode, DatasetMeta, normalization)`` from a checkpoint dict or file.
+def _model_from_checkpoint(checkpoint: dict, map_location: str | torch.device = "cpu",
+                           source: str | os.PathLike | None = None):
+    """``(model in eval mode, DatasetMeta, normalization)`` from a loaded checkpoint (what
+    ``engine.inference.load_model`` builds its ``LoadedModel`` from).
 
-    A model trained at a reduced size says so in ``checkpoint["input_size"]``. Weights that
-    do not fit the recorded architecture, and non-finite weights, are refused with the
-    file (``source``, or the path given) and the offending tensor named.
+    Weights that do not fit the recorded architecture, and non-finite weights, are refused
+    with the file (``source``) and the offending tensor named.
     """
-    if not isinstance(checkpoint, dict):
-        source = checkpoint
-        checkpoint = load_checkpoint(checkpoint, map_location)
     where = source if source is not None else "the checkpoint"
     spec = checkpoint["model"]
     try:

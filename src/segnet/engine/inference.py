@@ -14,13 +14,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
-from ..data import DatasetMeta
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from ..data import DatasetMeta, load_image
+from .checkpoint import _model_from_checkpoint, load_checkpoint
 from .evaluate import predict_logits
-from .precision import check_device, resolve_amp
+from .precision import autocast, check_device, resolve_amp
 
 
 @dataclass
@@ -87,10 +89,42 @@ class LoadedModel:
                                   resolve_amp(amp, self.device))
 
     def segment(self, image, amp: str = "auto") -> torch.Tensor:
-        """One image (uint8 tensor ``(3, H, W)``, PIL image or path) -> ``(H, W)`` class ids."""
-        from .predict import segment
+        """One image (uint8 tensor ``(3, H, W)``, PIL image or path) -> ``(H, W)`` class ids on the CPU.
 
-        return segment(self.model, image, self.normalization, self.input_size, amp)
+        ``amp``: auto (bf16 on CUDA and on CPUs with native bf16), bf16 or off."""
+        if isinstance(image, (str, os.PathLike)):
+            image = load_image(image)
+        elif isinstance(image, Image.Image):
+            image = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected a (3, H, W) uint8 image, got {tuple(image.shape)} {image.dtype}")
+        was_training = self.model.training
+        try:
+            return self.predict_logits(image[None], amp).argmax(1)[0].cpu()
+        finally:
+            self.model.train(was_training)
+
+    def segment_batch(self, images: list[torch.Tensor], mc_samples: int = 0,
+                      amp: str = "auto") -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """``[(labels, variance or None)]`` for equally sized uint8 ``(3, H, W)`` images.
+        ``mc_samples`` > 0 (Bayesian models): the labels are the argmax of the mean softmax
+        over that many dropout samples and the variance is their per-pixel variance."""
+        from ..models import mc_dropout_predict
+        from .evaluate import normalize_and_resize
+
+        batch = torch.stack(images).to(self.device)
+        if not mc_samples:
+            return [(labels, None) for labels in self.predict_logits(batch, amp).argmax(1)]
+        self.model.eval()
+        with torch.inference_mode():
+            x, size = normalize_and_resize(batch, self.normalization, self.input_size)
+            with autocast(resolve_amp(amp, self.device), self.device):
+                mean, variance = mc_dropout_predict(self.model, x, mc_samples)
+            mean, variance = mean.float(), variance.float()
+            if size is not None:
+                mean = torch.nn.functional.interpolate(mean, size=size, mode="bilinear")
+                variance = torch.nn.functional.interpolate(variance[:, None], size=size, mode="bilinear")[:, 0]
+        return list(zip(mean.argmax(1), variance))
 
 
 def load_model(source: str | os.PathLike | None = None, *, model: str | None = None, num_classes: int = 11,
@@ -105,7 +139,7 @@ def load_model(source: str | os.PathLike | None = None, *, model: str | None = N
     if source is not None:
         path = pretrained_path(str(source)) if str(source) in PRETRAINED and not Path(source).exists() else source
         payload = load_checkpoint(path, device)
-        network, checkpoint_meta, normalization = model_from_checkpoint(payload, device, source=str(path))
+        network, checkpoint_meta, normalization = _model_from_checkpoint(payload, device, source=str(path))
         size = payload.get("input_size")
         return LoadedModel(network, checkpoint_meta, normalization, tuple(size) if size else None, str(path),
                            payload["model"]["name"])

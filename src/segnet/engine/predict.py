@@ -1,66 +1,21 @@
-"""Segment images and write what people look at: palette label maps and colour overlays."""
+"""Segment image files, folders and videos with a ``LoadedModel`` and write what people look
+at: palette label maps, colour overlays, uncertainty maps."""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
-from PIL import Image
-from torch import nn
 
 from ..data import DatasetMeta, load_image
 from ..data.datasets import IMAGE_SUFFIXES
 from ..files import atomic_path
 from ..progress import bar_disabled
-from .evaluate import predict_labels
-from .precision import autocast, resolve_amp
+from ..report import overlay, palette_png, uncertainty_png
+from .inference import LoadedModel
 from .video import VIDEO_SUFFIXES, is_video, segment_video
-
-if TYPE_CHECKING:  # a type only: inference imports this module
-    from .inference import LoadedModel
-
-
-def segment(model: nn.Module, image, normalization: dict, input_size: tuple[int, int] | None = None,
-            amp: str = "auto") -> torch.Tensor:
-    """Class ids ``(H, W)`` for one image: a ``(3, H, W)`` uint8 tensor, a PIL image or a file path.
-
-    ``amp``: auto (bf16 on CUDA and on CPUs with native bf16), bf16 or off."""
-    if isinstance(image, (str, os.PathLike)):
-        image = load_image(image)
-    elif isinstance(image, Image.Image):
-        image = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
-    if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected a (3, H, W) uint8 image, got {tuple(image.shape)} {image.dtype}")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            return predict_labels(model, image[None].to(device), normalization, input_size,
-                                  resolve_amp(amp, device))[0].cpu()
-    finally:
-        model.train(was_training)
-
-
-def palette_png(labels: np.ndarray, meta: DatasetMeta) -> Image.Image:
-    """A palette ("P" mode) PNG whose pixel values are the class ids and whose colours are the dataset's."""
-    picture = Image.fromarray(np.asarray(labels, dtype=np.uint8))  # mode L; putpalette makes it P
-    table = [meta.ignore_color] * 256
-    table[: meta.num_classes] = list(meta.palette)
-    picture.putpalette([v for colour in table for v in colour])
-    return picture
-
-
-def overlay(image: np.ndarray, labels: np.ndarray, meta: DatasetMeta, alpha: float = 0.5) -> Image.Image:
-    """The image with the class colours blended over it."""
-    from ..report import colorize
-
-    blend = (1 - alpha) * image.astype(np.float32) + alpha * colorize(labels, meta).astype(np.float32)
-    return Image.fromarray(blend.round().clip(0, 255).astype(np.uint8))
 
 
 def write_prediction(image: torch.Tensor, labels: torch.Tensor, meta: DatasetMeta, out_dir: str | os.PathLike,
@@ -124,14 +79,6 @@ def output_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
-def uncertainty_png(variance: np.ndarray) -> Image.Image:
-    """A heat map of per-pixel uncertainty (scaled to its own maximum)."""
-    from matplotlib import colormaps
-
-    top = float(variance.max()) or 1.0
-    return Image.fromarray((colormaps["inferno"](variance / top)[..., :3] * 255).astype(np.uint8))
-
-
 def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: int = 0, batch_size: int = 4,
                   progress: bool = True, amp: str = "auto", video_labels: bool = False,
                   smooth: float = 0.0) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -153,8 +100,7 @@ def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: i
     from ..data import DataError
     from ..models.mc_dropout import has_dropout
 
-    model, meta, normalization, input_size = loaded.model, loaded.meta, loaded.normalization, loaded.input_size
-    if mc_samples and not has_dropout(model):
+    if mc_samples and not has_dropout(loaded.model):
         raise ValueError("--mc-samples needs a Bayesian model (with dropout), e.g. bayesian_segnet")
     out = Path(out_dir)
     written: list[Path] = []
@@ -163,17 +109,14 @@ def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: i
     if not paths:
         raise ValueError(f"no images found in {' '.join(inputs)}")
     stems = output_stems(paths)  # by position: the same file may be given twice
-    device = next(model.parameters()).device
-    precision = resolve_amp(amp, device)
-    model.eval()
     videos = [index for index, path in enumerate(paths) if is_video(path)]
     if videos and mc_samples:
         raise ValueError("--mc-samples applies to images, not videos; leave it out for "
                          f"{paths[videos[0]]}")
     for index in videos:
         try:
-            result = segment_video(model, meta, normalization, paths[index], out, stems[index], input_size,
-                                   batch_size, amp, write_labels=video_labels, smooth=smooth, progress=progress)
+            result = segment_video(loaded, paths[index], out, stems[index], batch_size, amp,
+                                   write_labels=video_labels, smooth=smooth, progress=progress)
         except (DataError, ValueError, OSError) as error:
             failures.append((str(paths[index]), str(error)))
             continue
@@ -199,8 +142,7 @@ def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: i
                 by_size.setdefault(tuple(image.shape), []).append((index, image))
             for group in by_size.values():
                 try:
-                    results = _segment_batch(model, [image for _, image in group], normalization, input_size,
-                                             mc_samples, precision)
+                    results = loaded.segment_batch([image for _, image in group], mc_samples, amp)
                 except ValueError as error:  # e.g. below the network's minimum size: say which file
                     for index, _ in group:
                         failures.append((str(paths[index]), str(error)))
@@ -208,7 +150,7 @@ def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: i
                     continue
                 for (index, image), (labels, variance) in zip(group, results):
                     stem = stems[index]
-                    written += write_prediction(image, labels, meta, out, stem)
+                    written += write_prediction(image, labels, loaded.meta, out, stem)
                     if variance is not None:
                         target = out / f"{stem}_uncertainty.png"
                         with atomic_path(target) as tmp:
@@ -216,24 +158,3 @@ def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: i
                         written.append(target)
                     bar.update(1)
     return written, failures
-
-
-def _segment_batch(model, images: list[torch.Tensor], normalization: dict, input_size, mc_samples: int,
-                   precision: str) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """``[(labels, variance or None)]`` for equally sized uint8 images."""
-    from ..models import mc_dropout_predict
-    from .evaluate import normalize_and_resize
-
-    device = next(model.parameters()).device
-    batch = torch.stack(images).to(device)
-    with torch.inference_mode():
-        if not mc_samples:
-            return [(labels, None) for labels in predict_labels(model, batch, normalization, input_size, precision)]
-        x, size = normalize_and_resize(batch, normalization, input_size)
-        with autocast(precision, device):
-            mean, variance = mc_dropout_predict(model, x, mc_samples)
-        mean, variance = mean.float(), variance.float()
-        if size is not None:
-            mean = torch.nn.functional.interpolate(mean, size=size, mode="bilinear")
-            variance = torch.nn.functional.interpolate(variance[:, None], size=size, mode="bilinear")[:, 0]
-        return list(zip(mean.argmax(1), variance))

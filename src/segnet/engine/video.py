@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..data import DataError, DatasetMeta
+from ..data import DataError
 from ..files import atomic_path
 from ..progress import bar_disabled
-from .evaluate import predict_logits
-from .precision import resolve_amp
+from ..report import overlay, palette_png
+from .inference import LoadedModel
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg"}
 # audio codecs an MP4 file can carry as they are (anything else is dropped, and the result says so)
@@ -59,12 +58,12 @@ class TemporalSmoothing:
         self.state = None
 
 
-def segment_video(model: nn.Module, meta: DatasetMeta, normalization: dict, path: str | os.PathLike,
-                  out_dir: str | os.PathLike, stem: str, input_size: tuple[int, int] | None = None,
+def segment_video(loaded: LoadedModel, path: str | os.PathLike, out_dir: str | os.PathLike, stem: str,
                   batch_size: int = 4, amp: str = "auto", write_labels: bool = False, smooth: float = 0.0,
                   progress: bool = True) -> dict:
-    """Segment every frame of the video at ``path``; write ``out_dir/STEM_overlay.mp4`` and,
-    with ``write_labels``, ``out_dir/STEM_labels/NNNNNN.png`` (class ids with the palette).
+    """Segment every frame of the video at ``path`` with ``loaded``; write
+    ``out_dir/STEM_overlay.mp4`` and, with ``write_labels``,
+    ``out_dir/STEM_labels/NNNNNN.png`` (class ids with the palette).
 
     Returns ``{"overlay", "labels", "frames", "seconds", "frames_per_s", "fps", "audio"}``;
     ``audio`` says whether the sound was copied, absent or dropped (and why). A video that
@@ -74,17 +73,11 @@ def segment_video(model: nn.Module, meta: DatasetMeta, normalization: dict, path
     import av
     from tqdm import tqdm
 
-    from .predict import overlay, palette_png
-
     path, out = Path(path), Path(out_dir)
     try:
         source = av.open(str(path))
     except (av.FFmpegError, OSError) as error:
         raise DataError(f"{path}: not a readable video ({error}); give an MP4, MOV, AVI, MKV or WebM file") from None
-    device = next(model.parameters()).device
-    precision = resolve_amp(amp, device)
-    smoothing = TemporalSmoothing(smooth)
-    model.eval()
     target = out / f"{stem}_overlay.mp4"
     labels_dir = out / f"{stem}_labels" if write_labels else None
     with source:
@@ -93,67 +86,87 @@ def segment_video(model: nn.Module, meta: DatasetMeta, normalization: dict, path
         video = source.streams.video[0]
         video.thread_type = "AUTO"
         rate = video.average_rate or video.guessed_rate or Fraction(25)
-        audio = source.streams.audio[0] if source.streams.audio else None
-        audio_note = "none in the input"
-        if audio is not None and audio.codec_context.name not in MP4_AUDIO_CODECS:
-            audio_note = f"dropped ({audio.codec_context.name} audio cannot go into MP4 as it is)"
-            audio = None
         out.mkdir(parents=True, exist_ok=True)
         if labels_dir is not None:
             labels_dir.mkdir(exist_ok=True)
-        frames, start = 0, time.perf_counter()
+        start = time.perf_counter()
         with atomic_path(target) as tmp, tqdm(total=video.frames or None, desc=f"segmenting {path.name}",
                                               unit="frame", disable=bar_disabled(progress)) as bar:
             sink = av.open(str(tmp), "w", format="mp4")
             try:
-                encoder = sink.add_stream("libx264", rate=rate)
-                encoder.pix_fmt, encoder.options = "yuv420p", {"crf": "20"}
-                # H.264 in yuv420p needs even sides: an odd last row or column is left out
-                encoder.width, encoder.height = video.codec_context.width // 2 * 2, video.codec_context.height // 2 * 2
-                copied = sink.add_stream_from_template(audio) if audio is not None else None
-                if copied is not None:
-                    audio_note = f"copied ({audio.codec_context.name})"
+                writer = _OverlayWriter(loaded, sink, video, rate, labels_dir, amp, smooth)
+                audio, audio_note = _mp4_audio(source, sink)
+                streams = [video] + ([audio] if audio is not None else [])
                 pending: list[np.ndarray] = []
-
-                def flush() -> None:
-                    nonlocal frames
-                    if not pending:
-                        return
-                    batch = torch.from_numpy(np.stack(pending)).permute(0, 3, 1, 2).to(device)
-                    with torch.inference_mode():
-                        labels = smoothing(predict_logits(model, batch, normalization, input_size, precision))
-                    for picture, label in zip(pending, labels.cpu().numpy()):
-                        blended = np.asarray(overlay(picture, label, meta))
-                        blended = np.ascontiguousarray(blended[: encoder.height, : encoder.width])
-                        for packet in encoder.encode(av.VideoFrame.from_ndarray(blended, format="rgb24")):
-                            sink.mux(packet)
-                        frames += 1
-                        if labels_dir is not None:
-                            with atomic_path(labels_dir / f"{frames:06d}.png") as label_tmp:
-                                palette_png(label, meta).save(label_tmp, format="PNG")
-                    bar.update(len(pending))
-                    pending.clear()
-
-                streams = [video] + ([audio] if copied is not None else [])
                 for packet in source.demux(*streams):
                     if packet.stream.type == "audio":
                         if packet.dts is not None:
-                            packet.stream = copied
+                            packet.stream = sink.streams.audio[0]
                             sink.mux(packet)
                         continue
                     for frame in packet.decode():
                         pending.append(frame.to_ndarray(format="rgb24"))
                         if len(pending) == batch_size:
-                            flush()
-                flush()
-                if frames == 0:
+                            bar.update(writer.write(pending))
+                bar.update(writer.write(pending))
+                if writer.frames == 0:
                     raise DataError(f"{path}: no frame could be decoded")
-                for packet in encoder.encode(None):
-                    sink.mux(packet)
+                writer.finish()
             except av.FFmpegError as error:
                 raise DataError(f"{path}: the video could not be decoded to the end ({error})") from None
             finally:
                 sink.close()
     seconds = time.perf_counter() - start
-    return {"overlay": target, "labels": labels_dir, "frames": frames, "seconds": seconds,
-            "frames_per_s": frames / seconds if seconds else 0.0, "fps": float(rate), "audio": audio_note}
+    return {"overlay": target, "labels": labels_dir, "frames": writer.frames, "seconds": seconds,
+            "frames_per_s": writer.frames / seconds if seconds else 0.0, "fps": float(rate), "audio": audio_note}
+
+
+def _mp4_audio(source, sink):
+    """``(input audio stream to copy or None, what happens to the sound)``; adds the copy to ``sink``."""
+    if not source.streams.audio:
+        return None, "none in the input"
+    audio = source.streams.audio[0]
+    if audio.codec_context.name not in MP4_AUDIO_CODECS:
+        return None, f"dropped ({audio.codec_context.name} audio cannot go into MP4 as it is)"
+    sink.add_stream_from_template(audio)
+    return audio, f"copied ({audio.codec_context.name})"
+
+
+class _OverlayWriter:
+    """Segments batches of frames and encodes their overlays as H.264 (and label maps as PNGs)."""
+
+    def __init__(self, loaded: LoadedModel, sink, video, rate, labels_dir: Path | None, amp: str, smooth: float):
+        self.loaded, self.sink, self.labels_dir, self.amp = loaded, sink, labels_dir, amp
+        self.smoothing = TemporalSmoothing(smooth)
+        self.encoder = sink.add_stream("libx264", rate=rate)
+        self.encoder.pix_fmt, self.encoder.options = "yuv420p", {"crf": "20"}
+        # H.264 in yuv420p needs even sides: an odd last row or column is left out
+        self.encoder.width = video.codec_context.width // 2 * 2
+        self.encoder.height = video.codec_context.height // 2 * 2
+        self.frames = 0
+
+    def write(self, pending: list[np.ndarray]) -> int:
+        """Segment and encode the ``pending`` frames (the list is emptied); returns how many."""
+        import av
+
+        if not pending:
+            return 0
+        meta = self.loaded.meta
+        batch = torch.from_numpy(np.stack(pending)).permute(0, 3, 1, 2)
+        labels = self.smoothing(self.loaded.predict_logits(batch, self.amp))
+        for picture, label in zip(pending, labels.cpu().numpy()):
+            blended = np.asarray(overlay(picture, label, meta))
+            blended = np.ascontiguousarray(blended[: self.encoder.height, : self.encoder.width])
+            for packet in self.encoder.encode(av.VideoFrame.from_ndarray(blended, format="rgb24")):
+                self.sink.mux(packet)
+            self.frames += 1
+            if self.labels_dir is not None:
+                with atomic_path(self.labels_dir / f"{self.frames:06d}.png") as label_tmp:
+                    palette_png(label, meta).save(label_tmp, format="PNG")
+        count = len(pending)
+        pending.clear()
+        return count
+
+    def finish(self) -> None:
+        for packet in self.encoder.encode(None):
+            self.sink.mux(packet)

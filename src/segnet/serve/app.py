@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from ..engine.inference import LoadedModel
 from ..engine.precision import resolve_amp
 from ..models import min_input_size
+from ..report import overlay, palette_png, uncertainty_png
 from .batching import DynamicBatcher, QueueFull
 
 MAX_UPLOAD_MB = 10.0
@@ -74,25 +75,18 @@ def create_app(loaded: LoadedModel, model_name: str | None = None, mc_samples: i
     from fastapi import FastAPI, File, Query, Request, UploadFile
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-    from ..engine.predict import _segment_batch, overlay, palette_png, uncertainty_png
-
-    model, meta, normalization, input_size = loaded.model, loaded.meta, loaded.normalization, loaded.input_size
-    source, model_name = loaded.source, model_name or loaded.name
-    device = next(model.parameters()).device
-    precision = resolve_amp(amp, device)
-    model.eval()
-    minimum = 8 if input_size else min_input_size(getattr(model, "pool_levels", 5))
+    model_name = model_name or loaded.name
+    loaded.model.eval()
+    minimum = 8 if loaded.input_size else min_input_size(getattr(loaded.model, "pool_levels", 5))
 
     def run_batch(images: list[torch.Tensor]) -> list:
-        return _segment_batch(model, images, normalization, input_size, mc_samples, precision)
+        return loaded.segment_batch(images, mc_samples, amp)
 
     batcher = DynamicBatcher(run_batch, max_batch, max_wait_ms / 1000, max_queue)
     limit = int(max_upload_mb * 1e6)
-    info = {"name": model_name, "source": source, "classes": [{"id": i, "name": name, "color": list(color)}
-                                                               for i, (name, color) in
-                                                               enumerate(zip(meta.class_names, meta.palette))],
-            "input_size": list(input_size) if input_size else None, "uncertainty": mc_samples > 0,
-            "device": str(device), "precision": precision,
+    info = {"name": model_name, "source": loaded.source, "classes": _classes(loaded.meta),
+            "input_size": list(loaded.input_size) if loaded.input_size else None, "uncertainty": mc_samples > 0,
+            "device": str(loaded.device), "precision": resolve_amp(amp, loaded.device),
             "batching": {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_queue": max_queue},
             "max_upload_mb": max_upload_mb}
 
@@ -148,28 +142,40 @@ def create_app(loaded: LoadedModel, model_name: str | None = None, mc_samples: i
             (labels, variance), timing = await asyncio.wrap_future(future)
         except ValueError as failed:  # e.g. the model refuses the size
             return error(422, f"{image.filename}: {failed}")
-        labels_np = labels.cpu().numpy().astype(np.uint8)
         timing = {**timing, "total_ms": (time.perf_counter() - start) * 1000}
-        headers = {f"X-Segnet-{k.replace('_', '-')}": f"{v:.1f}" if isinstance(v, float) else str(v)
-                   for k, v in timing.items()}
-        overlay_png = _png(overlay(pixels.permute(1, 2, 0).numpy(), labels_np, meta))
-        if output == "overlay":
-            return Response(overlay_png, media_type="image/png", headers=headers)
-        labels_png = _png(palette_png(labels_np, meta))
-        if output == "labels":
-            return Response(labels_png, media_type="image/png", headers=headers)
-        counts = np.bincount(labels_np.ravel(), minlength=meta.num_classes)[: meta.num_classes]
-        shares = [{"id": i, "name": name, "color": list(color), "share": float(count / labels_np.size)}
-                  for i, (name, color, count) in enumerate(zip(meta.class_names, meta.palette, counts))]
-        return JSONResponse({
-            "file": image.filename, "width": int(labels_np.shape[1]), "height": int(labels_np.shape[0]),
-            "classes": shares, "timing": timing, "model": model_name,
-            "labels_png": base64.b64encode(labels_png).decode(), "overlay_png": base64.b64encode(overlay_png).decode(),
-            "uncertainty_png": (base64.b64encode(_png(uncertainty_png(variance.cpu().numpy()))).decode()
-                                if variance is not None else None),
-        }, headers=headers)
+        return _answer(pixels, labels, variance, loaded.meta, image.filename, model_name, timing, output)
 
     return app
+
+
+def _classes(meta) -> list[dict]:
+    return [{"id": i, "name": name, "color": list(color)} for i, (name, color) in
+            enumerate(zip(meta.class_names, meta.palette))]
+
+
+def _answer(pixels: torch.Tensor, labels: torch.Tensor, variance, meta, filename: str, model_name: str,
+            timing: dict, output: str):
+    """The answer to /segment: a PNG (``output`` labels or overlay) or the JSON with everything."""
+    from fastapi.responses import JSONResponse, Response
+
+    labels_np = labels.cpu().numpy().astype(np.uint8)
+    headers = {f"X-Segnet-{k.replace('_', '-')}": f"{v:.1f}" if isinstance(v, float) else str(v)
+               for k, v in timing.items()}
+    overlay_png = _png(overlay(pixels.permute(1, 2, 0).numpy(), labels_np, meta))
+    if output == "overlay":
+        return Response(overlay_png, media_type="image/png", headers=headers)
+    labels_png = _png(palette_png(labels_np, meta))
+    if output == "labels":
+        return Response(labels_png, media_type="image/png", headers=headers)
+    counts = np.bincount(labels_np.ravel(), minlength=meta.num_classes)[: meta.num_classes]
+    shares = [{**entry, "share": float(count / labels_np.size)} for entry, count in zip(_classes(meta), counts)]
+    return JSONResponse({
+        "file": filename, "width": int(labels_np.shape[1]), "height": int(labels_np.shape[0]),
+        "classes": shares, "timing": timing, "model": model_name,
+        "labels_png": base64.b64encode(labels_png).decode(), "overlay_png": base64.b64encode(overlay_png).decode(),
+        "uncertainty_png": (base64.b64encode(_png(uncertainty_png(variance.cpu().numpy()))).decode()
+                            if variance is not None else None),
+    }, headers=headers)
 
 
 def run_server(app, host: str = "127.0.0.1", port: int = 8000) -> None:
