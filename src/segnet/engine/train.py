@@ -20,6 +20,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -64,7 +65,8 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` (this process's GPU if there is one, else the CPU), or ``name`` checked."""
+    """``auto`` (this process's GPU if there is one, else the CPU), or ``name`` checked;
+    under torchrun a bare ``cuda`` means this process's GPU."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     device = check_device(name)
@@ -167,7 +169,7 @@ def load_split(config: TrainConfig, split: str, progress: bool = True) -> tuple[
     return torch.stack(images), torch.stack(labels).to(dtype), dataset.meta
 
 
-def weighted_loss_sum(logits, labels, weights, ignore_index, normalization: str) -> tuple[torch.Tensor, torch.Tensor]:
+def weighted_loss_sum(logits, labels, weights, ignore_index, loss_normalization: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(weighted cross-entropy summed over valid pixels, its normaliser)``.
 
     ``valid_pixels``: the original's normaliser, the number of non-void pixels;
@@ -177,7 +179,7 @@ def weighted_loss_sum(logits, labels, weights, ignore_index, normalization: str)
     """
     total = F.cross_entropy(logits.float(), labels, weight=weights, ignore_index=ignore_index, reduction="sum")
     valid = labels != ignore_index
-    if normalization == "valid_pixels":
+    if loss_normalization == "valid_pixels":
         return total, valid.sum().to(total.dtype)
     return total, weights[labels[valid]].sum().to(total.dtype)
 
@@ -266,6 +268,149 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows([{k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS} for row in rows])
 
 
+# ----------------------------------------------------------------------------- the state
+@dataclass
+class TrainingState:
+    """Everything a run carries from epoch to epoch: what ``setup_training`` builds and the
+    stages (``train_one_epoch``, ``validate_and_select``, ``save``) read and update."""
+
+    config: TrainConfig
+    out: Path
+    rank: int
+    world_size: int
+    device: torch.device
+    per_rank: int  # images per rank in one optimiser step
+    model: nn.Module  # DDP-wrapped under torchrun; ``unwrap`` gives the network
+    step_model: nn.Module  # what the step runs: the model, or it compiled
+    optimizer: torch.optim.Optimizer
+    loader: ResidentLoader
+    val_images: torch.Tensor | None
+    val_labels: torch.Tensor | None
+    meta: DatasetMeta
+    normalization: dict  # the model's input normalisation (mean, std)
+    class_weights: torch.Tensor
+    precision: str
+    runtime: dict
+    progress: bool
+    start_epoch: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"value": -1.0, "epoch": None})
+    reference_loss: float | None = None  # the first step's loss: the yardstick of the divergence guard
+    segments: list = field(default_factory=list)  # one per start or resume
+    hours: float = 0.0
+
+    def autocast(self):
+        """A fresh precision context (bf16 autocast or nothing)."""
+        return autocast_context(self.precision, self.device)
+
+
+def setup_training(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
+                   progress: bool = True) -> TrainingState:
+    """Check the configuration, load the data, build the model and optimiser (restored from
+    ``out_dir/last.pt`` with ``resume``), write config.json; nothing is written before the
+    data and the weights have loaded."""
+    out = Path(out_dir)
+    rank, world_size, local_rank = _distributed()
+    device = resolve_device(config.device, local_rank)
+    check_config(config)
+    checkpoint, changes = None, {}
+    if resume:
+        checkpoint = load_checkpoint(_resumable(out), map_location="cpu")
+        changes = resume_changes(checkpoint["config"], config, out)
+    elif (out / "last.pt").exists():
+        raise ValueError(f"{out} already holds a run (last.pt); continue it with --resume or choose another --out")
+    per_rank, remainder = divmod(config.batch_size, world_size)
+    if remainder or per_rank % config.accumulate:
+        raise ValueError(f"batch_size {config.batch_size} must split evenly over {world_size} processes "
+                         f"and {config.accumulate} micro-batches")
+    torch.manual_seed(config.seed)
+    progress = not bar_disabled(progress)
+    show = progress and rank == 0
+    train_images, train_labels, meta = load_split(config, config.train_split, show)
+    val_images, val_labels, _ = load_split(config, config.val_split, show) if config.val_split else (None, None, None)
+    normalization = model_info(config.model).normalization
+    model = _initial_model(config, meta, checkpoint)  # before anything is written: bad weights leave no run folder
+    loader = ResidentLoader(train_images.to(device), train_labels.to(device), per_rank, normalization["mean"],
+                            normalization["std"], meta.ignore_index, shuffle=True, drop_last=True,
+                            hflip=config.hflip, scale=tuple(config.scale), crop=config.crop, seed=config.seed,
+                            rank=rank, world_size=world_size)
+    if len(loader) == 0:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_images)} training images")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temporaries(out):  # a killed run's half-written files
+            log.info("removed %s, left half-written by a process that was killed", stale)
+    # from the stored labels at full size; cached in the run (a resume does not recount)
+    balancing = compute_class_weights(build_dataset(config.dataset, config.root, config.train_split),
+                                      config.class_balancing, cache=out / "class_weights.json", progress=False)
+    model, step_model, optimizer = _placed_model_and_optimizer(config, model, device, world_size)
+    precision = resolve_amp(config.amp, device)
+    runtime = precision_record(precision, device)
+    state = TrainingState(config, out, rank, world_size, device, per_rank, model, step_model, optimizer, loader,
+                          val_images, val_labels, meta, normalization,
+                          torch.tensor(balancing["weights"], dtype=torch.float32, device=device), precision, runtime,
+                          progress, segments=[{"start_epoch": 0, "runtime": runtime}])
+    if checkpoint is not None:
+        _restore(state, checkpoint, changes)
+    if rank == 0:
+        write_json(out / "config.json", {**config.to_dict(), "runtime": runtime, "segments": state.segments})
+    log.info("%s on %s in %s%s", config.model, device, "bf16 autocast" if precision == "bf16" else "fp32",
+             f" ({runtime['cpu']['model']}: {' '.join(runtime['cpu']['flags'])}, {runtime['threads']} threads)"
+             if "cpu" in runtime else "")
+    return state
+
+
+def _initial_model(config: TrainConfig, meta: DatasetMeta, checkpoint: dict | None) -> nn.Module:
+    """The network with its starting weights: the resumed run's, ``init_from``'s, or He
+    initialisation with the encoder weights the configuration names."""
+    encoder = config.encoder_weights if checkpoint is None and config.init_from is None else None
+    model = create_model(config.model, meta.num_classes, encoder_weights=encoder)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["state_dict"])
+    elif config.init_from is not None:
+        log.info("starting from %s", load_initial_weights(model, config.init_from, config.model, meta.num_classes))
+    return model
+
+
+def _placed_model_and_optimizer(config: TrainConfig, model: nn.Module, device: torch.device, world_size: int):
+    """``(model on the device, in its memory layout and DDP-wrapped under torchrun; the
+    model the step runs, compiled when asked; the optimiser)``."""
+    model = model.to(device)
+    cuda = device.type == "cuda"
+    if config.channels_last:  # faster convolutions on CUDA and on CPU (oneDNN), fp32 and bf16
+        model = model.to(memory_format=torch.channels_last)
+    if world_size > 1:
+        if cuda:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    step_model = torch.compile(model) if config.compile else model
+    groups = parameter_groups(model, config.encoder_lr_scale)
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return model, step_model, optimizer
+
+
+def _restore(state: TrainingState, checkpoint: dict, changes: dict) -> None:
+    """Continue where ``checkpoint`` (a run's last.pt) stopped: optimiser, counters, history, random state."""
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    state.start_epoch, state.step = checkpoint["epoch"], checkpoint["step"]
+    state.history, state.best = checkpoint["history"], checkpoint["best"]
+    state.reference_loss = checkpoint.get("reference_loss",
+                                          state.history[0]["train_loss"] if state.history else None)
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    if state.device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], state.device)
+    state.segments = checkpoint.get("segments", []) + [{"start_epoch": state.start_epoch, "runtime": state.runtime,
+                                                        "changed": changes}]
+    history = state.history
+    state.hours = (history[-1].get("hours") or sum(r["seconds"] for r in history) / 3600) if history else 0.0
+    log.info("resuming %s after epoch %d (step %d)%s", state.out, state.start_epoch, state.step,
+             "; changed: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()) if changes else "")
+
+
 # ----------------------------------------------------------------------------- the loop
 def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
           stop_at: float | None = None) -> dict:
@@ -280,182 +425,128 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     value): the first epoch that ends after it is the last one, validated and saved as the
     planned last epoch would be; the run can be continued with ``resume``.
     """
-    out = Path(out_dir)
-    rank, world_size, local_rank = _distributed()
-    device = resolve_device(config.device, local_rank)
-    check_config(config)
-    checkpoint, changes = None, {}
-    if resume:
-        checkpoint = load_checkpoint(_resumable(out), map_location="cpu")
-        changes = resume_changes(checkpoint["config"], config, out)
-    elif (out / "last.pt").exists():
-        raise ValueError(f"{out} already holds a run (last.pt); continue it with --resume or choose another --out")
-    progress = not bar_disabled(progress)
-    per_rank, remainder = divmod(config.batch_size, world_size)
-    if remainder or per_rank % config.accumulate:
-        raise ValueError(f"batch_size {config.batch_size} must split evenly over {world_size} processes "
-                         f"and {config.accumulate} micro-batches")
-    torch.manual_seed(config.seed)
-
-    # data: whole splits resident on the device
-    show = progress and rank == 0
-    train_images, train_labels, meta = load_split(config, config.train_split, show)
-    val_images, val_labels, _ = load_split(config, config.val_split, show) if config.val_split else (None, None, None)
-    info = model_info(config.model)
-    normalization = info.normalization
-    # the model, before anything is written: bad weights leave no run folder behind
-    encoder = config.encoder_weights if checkpoint is None and config.init_from is None else None
-    model = create_model(config.model, meta.num_classes, encoder_weights=encoder)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["state_dict"])
-    elif config.init_from is not None:
-        log.info("starting from %s", load_initial_weights(model, config.init_from, config.model, meta.num_classes))
-    loader = ResidentLoader(train_images.to(device), train_labels.to(device), per_rank, normalization["mean"],
-                            normalization["std"], meta.ignore_index, shuffle=True, drop_last=True,
-                            hflip=config.hflip, scale=tuple(config.scale), crop=config.crop, seed=config.seed,
-                            rank=rank, world_size=world_size)
-    if len(loader) == 0:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_images)} training images")
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in remove_stale_temporaries(out):  # a killed run's half-written files
-            log.info("removed %s, left half-written by a process that was killed", stale)
-    # from the stored labels at full size; cached in the run (a resume does not recount)
-    balancing = compute_class_weights(build_dataset(config.dataset, config.root, config.train_split),
-                                      config.class_balancing, cache=out / "class_weights.json", progress=False)
-    weights = torch.tensor(balancing["weights"], dtype=torch.float32, device=device)
-
-    model = model.to(device)
-    cuda = device.type == "cuda"
-    if config.channels_last:  # faster convolutions on CUDA and on CPU (oneDNN), fp32 and bf16
-        model = model.to(memory_format=torch.channels_last)
-    if world_size > 1:
-        if cuda:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    step_model = torch.compile(model) if config.compile else model
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(parameter_groups(model, config.encoder_lr_scale), lr=config.lr,
-                                    momentum=config.momentum, weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(parameter_groups(model, config.encoder_lr_scale), lr=config.lr,
-                                      weight_decay=config.weight_decay)
-    precision = resolve_amp(config.amp, device)
-    runtime = precision_record(precision, device)
-    autocast = lambda: autocast_context(precision, device)  # noqa: E731 (a fresh context each use)
-
-    start_epoch, step, history = 0, 0, []
-    best = {"value": -1.0, "epoch": None}
-    reference_loss = None  # the first step's loss: the yardstick of the divergence guard
-    segments = [{"start_epoch": 0, "runtime": runtime}]  # one per start or resume
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        start_epoch, step, history, best = checkpoint["epoch"], checkpoint["step"], checkpoint["history"], checkpoint["best"]
-        reference_loss = checkpoint.get("reference_loss", history[0]["train_loss"] if history else None)
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if cuda and checkpoint["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
-        segments = checkpoint.get("segments", []) + [{"start_epoch": start_epoch, "runtime": runtime,
-                                                      "changed": changes}]
-        log.info("resuming %s after epoch %d (step %d)%s", out, start_epoch, step,
-                 "; changed: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()) if changes else "")
-    if rank == 0:
-        write_json(out / "config.json", {**config.to_dict(), "runtime": runtime, "segments": segments})
-    log.info("%s on %s in %s%s", config.model, device, "bf16 autocast" if precision == "bf16" else "fp32",
-             f" ({runtime['cpu']['model']}: {' '.join(runtime['cpu']['flags'])}, {runtime['threads']} threads)"
-             if "cpu" in runtime else "")
-    hours = (history[-1].get("hours") or sum(r["seconds"] for r in history) / 3600) if history else 0.0
-
-    def save(name: str, epoch: int, metrics: dict | None) -> None:
-        save_checkpoint(
-            out / name, unwrap(model), config.model, meta, normalization,
-            recipe=config.recipe, config=config.to_dict(), epoch=epoch, step=step, metrics=metrics,
-            history=history, best=best, optimizer=optimizer.state_dict(), input_size=config.size,
-            segments=segments, reference_loss=reference_loss,
-            rng={"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None},
-        )
-
-    model.train()
-    for epoch in range(start_epoch, config.epochs):
-        loader.set_epoch(epoch)
-        epoch_start, loss_sum, norm_sum, images_seen = time.perf_counter(), 0.0, 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
-                   disable=not progress or rank != 0)
-        for images, labels in bar:
-            lr = _learning_rate(config, step, len(loader))
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            total, norm = train_step(step_model, images, labels, weights, meta.ignore_index,
-                                     config.loss_normalization, config.accumulate, world_size, autocast,
-                                     config.channels_last)
-            loss = float(total / norm.clamp(min=1))
-            reference_loss = loss if reference_loss is None else reference_loss
-            if not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * max(reference_loss, 1e-3):
-                optimizer.zero_grad(set_to_none=True)
-                kept = (f"{out / 'last.pt'} holds the last good state (after epoch {history[-1]['epoch']})"
-                        if history else "no checkpoint had been written yet")
-                grown = "" if not math.isfinite(loss) else (
-                    f" ({loss / reference_loss:.3g} times the first step's {reference_loss:.4g}: training diverged)")
-                raise TrainingError(
-                    f"the training loss became {loss:.6g}{grown} at epoch {epoch + 1}, step {step + 1}; stopped. "
-                    f"{kept}. Lower the learning rate (--lr, now {config.lr:g}) or check the data (segnet data check), "
-                    "then --resume or start anew."
-                )
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            loss_sum += float(total)
-            norm_sum += float(norm)
-            images_seen += len(images) * world_size
-            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_seen / (time.perf_counter() - epoch_start):.1f}")
-        seconds = time.perf_counter() - epoch_start
-        row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(norm_sum, 1), "lr": lr,
-               "images_per_s": round(images_seen / seconds, 2), "seconds": round(seconds, 2), "hours": None}
-        metrics = None
+    state = setup_training(config, out_dir, resume, progress)
+    state.model.train()
+    for epoch in range(state.start_epoch, config.epochs):
+        epoch_start = time.perf_counter()
+        row = train_one_epoch(state, epoch)
         # out of time (a budgeted run): this epoch is the last, validated and saved like the planned last one
         out_of_time = stop_at is not None and bool(_all_reduce(
-            torch.tensor(float(time.time() >= stop_at), device=device), world_size) > 0)
-        last_epoch = epoch + 1 == config.epochs or out_of_time
-        if val_images is not None and ((epoch + 1) % config.val_every == 0 or last_epoch):
-            if config.val_bn_images:
-                _recompute_bn_on_subset(model, loader, config.val_bn_images, per_rank, normalization, meta, device,
-                                        autocast, rank, world_size)
-            metrics = validate(model, val_images, val_labels, meta, normalization, per_rank, device, autocast,
-                               rank, world_size)
+            torch.tensor(float(time.time() >= stop_at), device=state.device), state.world_size) > 0)
+        metrics = validate_and_select(state, epoch, last=epoch + 1 == config.epochs or out_of_time)
+        if metrics is not None:
             row.update({f"val_{k}": metrics[k] for k in ("global_accuracy", "mean_accuracy", "mean_iou")})
-            if metrics[config.select_by] > best["value"]:
-                best = {"value": metrics[config.select_by], "epoch": epoch + 1}
-                if rank == 0:
-                    save("best.pt", epoch + 1, metrics)
-        hours += (time.perf_counter() - epoch_start) / 3600  # training and validation
-        row["hours"] = round(hours, 4)
-        history.append(row)
-        if rank == 0:
-            save("last.pt", epoch + 1, metrics)
-            _write_csv(out / "metrics.csv", history)
-            if metrics is not None:  # a picture to follow a long run by
-                from ..report import training_curves
-
-                training_curves(history, out / "training_curves.png")
-            val = f", val G {row['val_global_accuracy'] * 100:.1f} mIoU {row['val_mean_iou'] * 100:.1f}" if metrics else ""
-            log.info("epoch %d/%d: loss %.4f, %.1f img/s, %.2f h%s", epoch + 1, config.epochs, row["train_loss"],
-                     row["images_per_s"], hours, val)
+        state.hours += (time.perf_counter() - epoch_start) / 3600  # training and validation
+        row["hours"] = round(state.hours, 4)
+        state.history.append(row)
+        if state.rank == 0:
+            save(state, "last.pt", epoch + 1, metrics)
+            _report_epoch(state, row, metrics)
         if out_of_time and epoch + 1 < config.epochs:
             log.info("stopped after epoch %d of %d: the time allowed ran out (--resume continues it)", epoch + 1,
                      config.epochs)
             break
+    return _finish(state)
 
-    summary = {"run_dir": str(out), "epochs": len(history), "planned_epochs": config.epochs, "best": best,
-               "history": history}
-    if config.bn_recompute and best["epoch"] is not None:
-        summary["bn_recompute"] = _recompute_best(config, out, model, loader, val_images, val_labels, meta,
-                                                  normalization, per_rank, device, autocast, rank, world_size)
-    if rank == 0:
+
+def train_one_epoch(state: TrainingState, epoch: int) -> dict:
+    """One pass over the training set (one optimiser step per global batch); returns the
+    epoch's metrics.csv row so far. Stops with ``TrainingError`` when the loss diverges."""
+    config, loader = state.config, state.loader
+    loader.set_epoch(epoch)
+    epoch_start, loss_sum, norm_sum, images_seen, lr = time.perf_counter(), 0.0, 0.0, 0, config.lr
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
+               disable=not state.progress or state.rank != 0)
+    for images, labels in bar:
+        lr = _learning_rate(config, state.step, len(loader))
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        total, norm = train_step(state.step_model, images, labels, state.class_weights, state.meta.ignore_index,
+                                 config.loss_normalization, config.accumulate, state.world_size, state.autocast,
+                                 config.channels_last)
+        loss = float(total / norm.clamp(min=1))
+        state.reference_loss = loss if state.reference_loss is None else state.reference_loss
+        if not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * max(state.reference_loss, 1e-3):
+            state.optimizer.zero_grad(set_to_none=True)
+            raise _diverged(state, loss, epoch)
+        state.optimizer.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        loss_sum += float(total)
+        norm_sum += float(norm)
+        images_seen += len(images) * state.world_size
+        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_seen / (time.perf_counter() - epoch_start):.1f}")
+    seconds = time.perf_counter() - epoch_start
+    return {"epoch": epoch + 1, "step": state.step, "train_loss": loss_sum / max(norm_sum, 1), "lr": lr,
+            "images_per_s": round(images_seen / seconds, 2), "seconds": round(seconds, 2), "hours": None}
+
+
+def _diverged(state: TrainingState, loss: float, epoch: int) -> TrainingError:
+    kept = (f"{state.out / 'last.pt'} holds the last good state (after epoch {state.history[-1]['epoch']})"
+            if state.history else "no checkpoint had been written yet")
+    reference = state.reference_loss
+    grown = "" if not math.isfinite(loss) else (
+        f" ({loss / reference:.3g} times the first step's {reference:.4g}: training diverged)")
+    return TrainingError(
+        f"the training loss became {loss:.6g}{grown} at epoch {epoch + 1}, step {state.step + 1}; stopped. "
+        f"{kept}. Lower the learning rate (--lr, now {state.config.lr:g}) or check the data (segnet data check), "
+        "then --resume or start anew."
+    )
+
+
+def validate_and_select(state: TrainingState, epoch: int, last: bool) -> dict | None:
+    """Validate when the schedule says so (every ``val_every`` epochs and after the ``last``);
+    a new best by ``select_by`` is saved as best.pt. Returns the scores, or None."""
+    config = state.config
+    if state.val_images is None or ((epoch + 1) % config.val_every and not last):
+        return None
+    if config.val_bn_images:
+        _recompute_bn_on_subset(state)
+    metrics = _validate(state, state.model)
+    if metrics[config.select_by] > state.best["value"]:
+        state.best = {"value": metrics[config.select_by], "epoch": epoch + 1}
+        if state.rank == 0:
+            save(state, "best.pt", epoch + 1, metrics)
+    return metrics
+
+
+def save(state: TrainingState, name: str, epoch: int, metrics: dict | None) -> None:
+    """Write ``out/NAME`` (atomic): the network and everything a resume needs."""
+    cuda = state.device.type == "cuda"
+    config = state.config
+    save_checkpoint(
+        state.out / name, unwrap(state.model), config.model, state.meta, state.normalization,
+        recipe=config.recipe, config=config.to_dict(), epoch=epoch, step=state.step, metrics=metrics,
+        history=state.history, best=state.best, optimizer=state.optimizer.state_dict(), input_size=config.size,
+        segments=state.segments, reference_loss=state.reference_loss,
+        rng={"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(state.device) if cuda else None},
+    )
+
+
+def _report_epoch(state: TrainingState, row: dict, metrics: dict | None) -> None:
+    """metrics.csv, the curves (when there is a new validation) and one log line."""
+    from ..report import training_curves
+
+    _write_csv(state.out / "metrics.csv", state.history)
+    if metrics is not None:  # a picture to follow a long run by
+        training_curves(state.history, state.out / "training_curves.png")
+    val = f", val G {row['val_global_accuracy'] * 100:.1f} mIoU {row['val_mean_iou'] * 100:.1f}" if metrics else ""
+    log.info("epoch %d/%d: loss %.4f, %.1f img/s, %.2f h%s", row["epoch"], state.config.epochs, row["train_loss"],
+             row["images_per_s"], state.hours, val)
+
+
+def _finish(state: TrainingState) -> dict:
+    """BN recomputed for best.pt (when the recipe says so), final curves; the run's summary."""
+    summary = {"run_dir": str(state.out), "epochs": len(state.history), "planned_epochs": state.config.epochs,
+               "best": state.best, "history": state.history}
+    if state.config.bn_recompute and state.best["epoch"] is not None:
+        summary["bn_recompute"] = _recompute_best(state)
+    if state.rank == 0:
         from ..report import training_curves
 
-        training_curves(history, out / "training_curves.png")
-        _write_tensorboard(out, history)
-    if world_size > 1:
+        training_curves(state.history, state.out / "training_curves.png")
+        _write_tensorboard(state.out, state.history)
+    if state.world_size > 1:
         dist.barrier()
     return summary
 
@@ -486,49 +577,58 @@ def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, wei
     return _all_reduce(total, world_size), norm
 
 
-def _batch_normaliser(labels, weights, ignore_index: int, normalization: str) -> torch.Tensor:
+def _batch_normaliser(labels, weights, ignore_index: int, loss_normalization: str) -> torch.Tensor:
     valid = labels != ignore_index
-    if normalization == "valid_pixels":
+    if loss_normalization == "valid_pixels":
         return valid.sum().float()
     return weights[labels[valid]].sum().float()
 
 
-def _recompute_bn_on_subset(model, loader, count: int, per_rank: int, normalization, meta, device, autocast,
-                            rank: int, world_size: int) -> None:
-    """BN statistics recomputed over ``count`` whole training frames, evenly spread, before a
-    validation. Training uses batch statistics, so replacing the running ones costs it
+def _validate(state: TrainingState, model: nn.Module) -> dict:
+    return validate(model, state.val_images, state.val_labels, state.meta, state.normalization, state.per_rank,
+                    state.device, state.autocast, state.rank, state.world_size)
+
+
+def _recompute_bn_on_subset(state: TrainingState) -> None:
+    """BN statistics recomputed over ``val_bn_images`` whole training frames, evenly spread,
+    before a validation. Training uses batch statistics, so replacing the running ones costs it
     nothing; at lr 0.1 the running averages lag the weights so far that validating with
     them says little (CamVid SegNet-Basic, 180x240 crops: val G 4% with them, 41% after this)."""
-    index = torch.linspace(0, len(loader.images) - 1, min(count, len(loader.images))).round().long().unique()
+    loader = state.loader
+    count = min(state.config.val_bn_images, len(loader.images))
+    index = torch.linspace(0, len(loader.images) - 1, count).round().long().unique()
     subset = ResidentLoader(loader.images[index.to(loader.images.device)], loader.labels[index.to(loader.labels.device)],
-                            per_rank, normalization["mean"], normalization["std"], meta.ignore_index, shuffle=False,
-                            drop_last=False, rank=rank, world_size=world_size)
-    recompute_bn_statistics(unwrap(model), subset, device, world_size, autocast)
+                            state.per_rank, state.normalization["mean"], state.normalization["std"],
+                            state.meta.ignore_index, shuffle=False, drop_last=False, rank=state.rank,
+                            world_size=state.world_size)
+    recompute_bn_statistics(unwrap(state.model), subset, state.device, state.world_size, state.autocast)
 
 
-def _recompute_best(config, out, model, loader, val_images, val_labels, meta, normalization, per_rank, device,
-                    autocast, rank, world_size) -> dict:
+def _recompute_best(state: TrainingState) -> dict:
     """Load best.pt's weights, recompute BN statistics over the training set, re-validate, save."""
-    if world_size > 1:
+    if state.world_size > 1:
         dist.barrier()  # rank 0 has written best.pt
-    best_checkpoint = load_checkpoint(out / "best.pt", map_location=device)
+    out = state.out
+    best_checkpoint = load_checkpoint(out / "best.pt", map_location=state.device)
     keys = ("global_accuracy", "mean_accuracy", "mean_iou")
     if best_checkpoint.get("bn_recomputed"):  # a resumed run whose best.pt has not changed since
         before, after = best_checkpoint["metrics_running_bn"], best_checkpoint["metrics"]
         return {"batches": None, "before": {k: before[k] for k in keys}, "after": {k: after[k] for k in keys}}
-    plain = unwrap(model)
+    plain = unwrap(state.model)
     plain.load_state_dict(best_checkpoint["state_dict"])
     before = best_checkpoint["metrics"]
-    plain_loader = ResidentLoader(loader.images, loader.labels, per_rank, normalization["mean"], normalization["std"],
-                                  meta.ignore_index, shuffle=False, drop_last=True, rank=rank, world_size=world_size)
-    batches = recompute_bn_statistics(plain, plain_loader, device, world_size, autocast)
-    after = validate(plain, val_images, val_labels, meta, normalization, per_rank, device, autocast, rank, world_size)
+    normalization, loader = state.normalization, state.loader
+    plain_loader = ResidentLoader(loader.images, loader.labels, state.per_rank, normalization["mean"],
+                                  normalization["std"], state.meta.ignore_index, shuffle=False, drop_last=True,
+                                  rank=state.rank, world_size=state.world_size)
+    batches = recompute_bn_statistics(plain, plain_loader, state.device, state.world_size, state.autocast)
+    after = _validate(state, plain)
     result = {"batches": batches, "before": {k: before[k] for k in keys}, "after": {k: after[k] for k in keys}}
-    if rank == 0:
+    if state.rank == 0:
         extra = {k: v for k, v in best_checkpoint.items()
                  if k not in ("format", "version", "model", "dataset", "normalization", "state_dict", "metrics",
                               "metrics_running_bn", "bn_recomputed")}
-        save_checkpoint(out / "best.pt", plain, config.model, meta, normalization, metrics=after,
+        save_checkpoint(out / "best.pt", plain, state.config.model, state.meta, normalization, metrics=after,
                         metrics_running_bn=before, bn_recomputed=True, **extra)
         log.info("best.pt (epoch %s): BN statistics recomputed over %d training batches; val G %.1f -> %.1f, "
                  "mIoU %.1f -> %.1f", best_checkpoint["epoch"], batches, before["global_accuracy"] * 100,
