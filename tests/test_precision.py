@@ -56,3 +56,23 @@ def test_bf16_inference_agrees_with_fp32_on_a_native_bf16_cpu():
     result = evaluate(untrained, dataset, normalization, bf_mode=None, amp="auto", progress=False)
     assert result.metrics["runtime"]["precision"] == "bf16"
     assert "avx512_bf16" in result.metrics["runtime"]["cpu"]["flags"] or "amx_bf16" in result.metrics["runtime"]["cpu"]["flags"]
+
+
+def test_device_auto_is_the_gpu_when_there_is_one_else_the_cpu(monkeypatch):
+    from segnet.engine.precision import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert check_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert check_device("auto") == torch.device("cuda:0")
+
+
+def test_shared_camvid_follows_one_rule(tmp_path, monkeypatch):
+    from segnet.data.datasets import shared_camvid
+
+    (tmp_path / "data" / "CamVid" / "test").mkdir(parents=True)
+    monkeypatch.delenv("SEGNET_CAMVID", raising=False)
+    monkeypatch.setenv("SEGNET_SHARED", str(tmp_path))
+    assert shared_camvid() == tmp_path / "data" / "CamVid"
+    monkeypatch.setenv("SEGNET_CAMVID", str(tmp_path / "nowhere"))
+    assert shared_camvid() is None  # SEGNET_CAMVID wins, and it holds no test folder

@@ -145,7 +145,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = build_dataset(args.dataset, args.root, args.split)
     loaded = _loaded_model(args, dataset.meta.num_classes, dataset.meta, fold=False)
     loaded.check_classes(dataset.meta, args.dataset)
-    result = loaded.evaluate(dataset, device=args.device, batch_size=args.batch_size,
+    result = loaded.evaluate(dataset, device=loaded.device, batch_size=args.batch_size,
                              bf_mode=None if args.bf == "none" else args.bf, bf_void=args.bf_void,
                              bf_workers=args.workers, num_samples=args.samples, amp=args.amp)
     info = {"model": loaded.source, "split": args.split, "root": str(args.root) if args.root else None}
@@ -153,6 +153,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_metrics_table(result.metrics))
     print(f"\n{len(written)} files in {args.out}: {', '.join(written)}  (open {written['report.html']})")
     return 0
+
+
+def _device_option(p) -> None:
+    p.add_argument("--device", help="where to run: auto (default: the GPU when there is one, else the CPU), cpu, "
+                   "cuda or cuda:N")
+
+
+def _device(args) -> str:
+    """--device as given, or the one default rule: auto."""
+    return args.device or "auto"
 
 
 def _loaded_model(args, num_classes: int = 11, meta=None, fold: bool = True):
@@ -165,7 +175,7 @@ def _loaded_model(args, num_classes: int = 11, meta=None, fold: bool = True):
         raise ValueError("give --checkpoint CKPT (from 'segnet train'), --pretrained NAME (shipped), "
                          "or --model NAME for an untrained model")
     loaded = load_model(checkpoint, model=None if checkpoint else args.model, num_classes=num_classes, meta=meta,
-                        device=args.device)
+                        device=_device(args))
     return loaded.folded() if fold else loaded
 
 
@@ -207,8 +217,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _example_image() -> Path | None:
     """A street image for the page's example button: CamVid's first test frame when CamVid
     is beside the checkout, else none."""
-    camvid = Path(os.environ.get("SEGNET_CAMVID", Path(__file__).resolve().parents[3] / "shared/data/CamVid"))
-    frames = sorted((camvid / "test").glob("*.png")) if (camvid / "test").is_dir() else []
+    from .data.datasets import shared_camvid
+
+    camvid = shared_camvid()
+    frames = sorted((camvid / "test").glob("*.png")) if camvid else []
     return frames[0] if frames else None
 
 
@@ -272,7 +284,7 @@ def _reproduce_all(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         raise ValueError("reproduce all plans the epochs itself from --budget; drop --epochs")
     side_by_side = args.side_by_side if args.side_by_side == "auto" else int(args.side_by_side)
-    reproduce_all(args.root, args.out, parse_budget(args.budget), dataset=args.dataset, device=args.device or "auto",
+    reproduce_all(args.root, args.out, parse_budget(args.budget), dataset=args.dataset, device=_device(args),
                   encoder_weights=args.encoder_weights, models=args.models, overrides=overrides,
                   side_by_side=side_by_side, min_epochs=args.min_epochs, benchmark=not args.no_benchmark)
     bundle = Path(args.out) / "bundle"
@@ -302,15 +314,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     if args.training:
         result = run_training_benchmark(tuple(args.models or ("segnet_basic", "segnet")), args.size, args.crop,
-                                        args.device)
+                                        _device(args))
         print(training_markdown(result))
     elif args.table6:
         result = run_table6(tuple(args.models) if args.models else
                             ("segnet", "deeplab_largefov", "fcn8s", "fcn_bilinear", "deconvnet"),
-                            args.size, args.device, args.repeats)
+                            args.size, _device(args), args.repeats)
         print(table6_markdown(result))
     else:
-        result = run_benchmark(args.models, args.size, args.device, args.variants, args.batch_sizes, args.repeats)
+        result = run_benchmark(args.models, args.size, _device(args), args.variants, args.batch_sizes, args.repeats)
         print(markdown_table(result))
     if args.out:
         print("wrote " + ", ".join(str(p) for p in write_benchmark(result, args.out)))
@@ -532,7 +544,7 @@ def _add_train(sub) -> None:
     p.add_argument("--val-every", type=_positive_int, help="epochs between validations")
     p.add_argument("--encoder-weights", help="'imagenet' or a VGG16 state-dict path (VGG models)")
     p.add_argument("--seed", type=int, help="random seed (default: 0)")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    _device_option(p)
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any recipe value, e.g. --set weight_decay=0 --set scale=[0.5,2] (repeatable)")
@@ -556,7 +568,7 @@ def _add_evaluate(sub) -> None:
                    "BF script does), mask (the prediction set to void there) or drop (boundary pixels touching "
                    "void left out of both maps); docs/results.md shows how much this moves BF")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default: 4)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
+    _device_option(p)
     p.add_argument("--workers", type=int, help="processes scoring BF in the background (default: one per core)")
     p.add_argument("--samples", type=int, default=6, help="images shown in samples.png (default: 6)")
     _amp_option(p)
@@ -584,7 +596,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--smooth", type=float, default=0.0, metavar="ALPHA",
                    help="videos: average class probabilities over frames, p = ALPHA * previous + (1 - ALPHA) * "
                    "current (default 0: off; see docs/results.md for what it does on CamVid)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    _device_option(p)
     _amp_option(p)
     p.set_defaults(func=cmd_predict, out_kind="folder")
 
@@ -601,7 +613,7 @@ def _add_serve(sub) -> None:
     _model_source(p, default_pretrained=DEFAULT_PRETRAINED)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    _device_option(p)
     p.add_argument("--mc-samples", type=int, default=0, help="Monte Carlo dropout samples: adds the uncertainty map "
                    "(Bayesian models)")
     p.add_argument("--max-batch", type=_positive_int, default=8, help="images per forward pass at most (default: 8)")
@@ -625,8 +637,7 @@ def _add_export(sub) -> None:
                    help="unpool without pooling indices (for TensorRT/CoreML); identical outputs")
     p.add_argument("--check-sizes", type=_size, nargs="+", default=[(360, 480), (45, 61)],
                    help="HxW sizes to check in onnxruntime (default: 360x480 45x61)")
-    p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_export, out_kind="file")
+    p.set_defaults(func=cmd_export, out_kind="file", device="cpu")  # ONNX export traces on the CPU
 
 
 def _add_slim(sub) -> None:
@@ -679,7 +690,7 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, help="override the recipe's batch size")
     p.add_argument("--encoder-weights", help="ImageNet VGG16 weights for the VGG models (SegNet and the comparison "
                    "networks): 'imagenet' (torch's download cache) or a path")
-    p.add_argument("--device", help="auto (default), cpu, cuda")
+    _device_option(p)
     p.add_argument("--seed", type=int, help="random seed (default: 0)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other recipe override")
     p.add_argument("--budget", help="all: wall time for everything, e.g. 90s, 25m, 1.5h")
@@ -694,6 +705,8 @@ def _add_reproduce(sub) -> None:
 
 
 def _add_benchmark(sub) -> None:
+    from .benchmark import VARIANTS
+
     p = sub.add_parser("benchmark", help="inference cost per model: params, GFLOPs, latency, throughput, memory",
                        description="Measure each model's parameters, GFLOPs per image, batch-1 latency, best "
                        "throughput over batch sizes (median of repeats after warm-up) and peak memory (CUDA max "
@@ -701,9 +714,8 @@ def _add_benchmark(sub) -> None:
                        "the machine's matmul peak measured in the same run. Writes Markdown and JSON with --out.")
     p.add_argument("--models", nargs="+", help="models (default: all)")
     p.add_argument("--size", type=_size, default=(360, 480), help="HEIGHTxWIDTH (default: 360x480)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--variants", nargs="+", choices=["eager", "folded", "channels_last", "bf16", "compile",
-                                                     "onnxruntime"],
+    _device_option(p)
+    p.add_argument("--variants", nargs="+", choices=VARIANTS,
                    help="default: eager folded channels_last, then bf16 on CUDA and on CPUs with native bf16 "
                    "(avx512_bf16/amx_bf16), and onnxruntime on CPU")
     p.add_argument("--batch-sizes", type=_positive_int, nargs="+", help="default: 1 2 (CPU), 1 8 32 64 (CUDA)")

@@ -22,10 +22,6 @@ DATASETS: dict[str, tuple[Callable, bool]] = {
 }
 
 
-def list_datasets() -> list[str]:
-    return list(DATASETS)
-
-
 def build_dataset(name: str, root: str | Path | None = None, split: str = "train", transform: Callable | None = None, **options):
     """A dataset by name (``camvid``, ``sunrgbd``, ``folder``, ``synthetic``).
 
@@ -45,6 +41,6 @@ def build_dataset(name: str, root: str | Path | None = None, split: str = "train
 __all__ = [
     "CAMVID_META", "DATASETS", "SPLITS", "SUNRGBD_META", "SYNTHETIC_META", "CamVid", "DataError", "DataNotFoundError", "DatasetMeta",
     "FolderDataset", "PackedDataset", "PairDataset", "ResidentLoader", "SUNRGBD", "SyntheticRoadScenes",
-    "build_dataset", "compute_class_weights", "decode_split", "list_datasets", "load_image",
+    "build_dataset", "compute_class_weights", "decode_split", "load_image",
     "load_label", "median_frequency_weights", "normalize", "pack_dataset", "read_pack",
 ]

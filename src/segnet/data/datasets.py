@@ -9,6 +9,7 @@ Scaling and normalisation happen later, on the device (see ``segnet.data.transfo
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Callable
@@ -104,6 +105,20 @@ def _check_split(split: str, allowed=SPLITS) -> None:
 def _require_dir(path: Path, what: str) -> None:
     if not path.is_dir():
         raise DataNotFoundError(f"{path}: {what} folder not found; check --root")
+
+
+def shared_camvid() -> Path | None:
+    """Where CamVid lies beside a checkout, by the one rule every command and test uses:
+    ``SEGNET_CAMVID``, else ``SEGNET_SHARED/data/CamVid``, else ``../shared/data/CamVid``
+    from the working folder, else from the folder above this source checkout. None when
+    none of them holds a ``test`` folder."""
+    if "SEGNET_CAMVID" in os.environ:
+        candidates = [Path(os.environ["SEGNET_CAMVID"])]
+    elif "SEGNET_SHARED" in os.environ:
+        candidates = [Path(os.environ["SEGNET_SHARED"]) / "data" / "CamVid"]
+    else:
+        candidates = [Path("../shared/data/CamVid"), Path(__file__).resolve().parents[4] / "shared" / "data" / "CamVid"]
+    return next((path for path in candidates if (path / "test").is_dir()), None)
 
 
 class CamVid(PairDataset):

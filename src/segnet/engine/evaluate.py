@@ -120,11 +120,7 @@ def evaluate(
     was_training = model.training
     model.eval().to(device)
     confusion = ConfusionMatrix(meta.num_classes, meta.ignore_index)
-    workers = cpu_workers() if bf_workers is None else bf_workers
-    pool = None
-    if bf_mode is not None and workers > 0 and len(dataset) > 1:
-        methods = multiprocessing.get_all_start_methods()
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork" if "fork" in methods else None))
+    pool = _bf_pool(cpu_workers() if bf_workers is None else bf_workers) if bf_mode and len(dataset) > 1 else None
     boundary = BoundaryF1(meta.num_classes, meta.ignore_index, bf_mode, executor=pool,
                           void=bf_void) if bf_mode else None
     show = set(np.linspace(0, len(dataset) - 1, min(num_samples, len(dataset))).round().astype(int).tolist())
@@ -157,10 +153,26 @@ def evaluate(
     if boundary is not None:
         for row, score in zip(rows, boundary.image_scores):
             row["bf_score"] = score
+    metrics = _summary(confusion, bf, meta, len(rows), bf_mode, bf_void, seconds, input_size,
+                       precision_record(precision, device))
+    return Evaluation(_finite_or_none(metrics), confusion.matrix.cpu(), _finite_or_none(rows), meta, samples)
+
+
+def _bf_pool(workers: int) -> ProcessPoolExecutor | None:
+    """Background processes that score BF while the model runs (None: score in this process)."""
+    if workers <= 0:
+        return None
+    methods = multiprocessing.get_all_start_methods()
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork" if "fork" in methods else None))
+
+
+def _summary(confusion: ConfusionMatrix, bf: dict | None, meta: DatasetMeta, images: int, bf_mode, bf_void: str,
+             seconds: float, input_size, runtime: dict) -> dict:
+    """metrics.json's content: the split's scores, per class, and how they were measured."""
     scores = confusion.compute()
-    metrics = {
+    return {
         "dataset": meta.name,
-        "images": len(rows),
+        "images": images,
         "pixels": scores["pixels"],
         "global_accuracy": scores["global_accuracy"],
         "mean_accuracy": scores["mean_accuracy"],
@@ -172,7 +184,7 @@ def evaluate(
         "bf_images": bf["bf_images"] if bf else 0,
         "seconds": round(seconds, 2),
         "input_size": list(input_size) if input_size else None,
-        "runtime": precision_record(precision, device),
+        "runtime": runtime,
         "classes": [
             {"name": name, "accuracy": scores["class_accuracy"][c], "iou": scores["class_iou"][c],
              "bf_score": bf["class_bf_score"][c] if bf else None,
@@ -180,7 +192,6 @@ def evaluate(
             for c, name in enumerate(meta.class_names)
         ],
     }
-    return Evaluation(_finite_or_none(metrics), confusion.matrix.cpu(), _finite_or_none(rows), meta, samples)
 
 
 def _finite_or_none(value):

@@ -46,7 +46,10 @@ def cpu_has_native_bf16() -> bool:
 
 def check_device(name: str | torch.device) -> torch.device:
     """``name`` as a device this machine has; ValueError naming the real problem otherwise
-    (an unknown name, no CUDA, a GPU index beyond the GPUs present)."""
+    (an unknown name, no CUDA, a GPU index beyond the GPUs present). ``auto``: the first
+    GPU when there is one, else the CPU (the default rule of every command)."""
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):

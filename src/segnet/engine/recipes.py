@@ -81,7 +81,7 @@ RECIPES: dict[str, dict] = {
     # Same architectures, current practice: flips and scale augmentation, AdamW with warm-up
     # and cosine decay, longer training, best checkpoint by validation mIoU, running BN
     # statistics. Not yet validated at full scale (see docs/results.md).
-    "modern": dict(optimizer="adamw", lr=1e-3, momentum=0.9, weight_decay=1e-4, batch_size=8, epochs=400,
+    "modern": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, batch_size=8, epochs=400,
                    schedule="cosine", warmup_epochs=5, class_balancing="median_frequency",
                    loss_normalization="valid_pixels", hflip=True, scale=[0.75, 1.5], val_every=10,
                    select_by="mean_iou", bn_recompute=False),

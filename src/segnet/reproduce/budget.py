@@ -408,30 +408,14 @@ def reproduce_all(root: str | None, out_dir: str | os.PathLike, budget_seconds: 
         load_vgg16_state_dict(encoder_weights or "imagenet")
     say(f"measuring {len(todo)} runs on {torch_device} ...")
     measured = measure_runs(todo, dataset, root, torch_device, overrides, measure_steps, progress)
-    speedup, processes = 1.0, 1
     small = [run for run in todo if run.tier == SIDE_BY_SIDE_TIER]
-    if small and side_by_side != 1:
-        processes = 2 if side_by_side == "auto" else int(side_by_side)
-        if side_by_side == "auto" and torch_device.type != "cuda":
-            processes = 1  # CPU threads are already all busy with one run
-        elif processes > 1:
-            config = resolve_config(small[0].recipe, {**overrides, "model": small[0].model, "dataset": dataset})
-            shape = _train_shape(config, tuple(measured["frame"]))
-            speedup = measure_side_by_side(small[0].model, measured["num_classes"], config.batch_size, shape,
-                                           torch_device, processes, seconds=min(10.0, max(1.0, budget_seconds / 200)))
-            say(f"  {processes} small models side by side: {speedup:.2f}x the throughput of one")
-            if side_by_side == "auto" and speedup < 1.1:
-                processes, speedup = 1, 1.0
+    processes, speedup = _side_by_side(small, side_by_side, torch_device, dataset, overrides, measured,
+                                       budget_seconds, say)
     for run in small:
         run.side_by_side = processes > 1
     if benchmark and not (out / "benchmark.json").exists():  # an earlier try's is kept
-        from ..benchmark import run_benchmark, write_benchmark
-
         say("benchmarking inference ...")
-        size = tuple(overrides["size"]) if overrides.get("size") else tuple(measured["frame"])
-        result = run_benchmark(list(dict.fromkeys(run.model for run in runs)), size, str(torch_device),
-                               progress=progress)
-        write_benchmark(result, out / "benchmark.md")
+        _benchmark(runs, out, overrides, measured, torch_device, progress)
     summary = {"device": device_name(torch_device), "budget_seconds": budget_seconds,
                "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)), "dataset": dataset,
                "measured": measured, "side_by_side": {"processes": processes, "speedup": speedup},
@@ -454,12 +438,22 @@ def reproduce_all(root: str | None, out_dir: str | os.PathLike, budget_seconds: 
     if finished:
         say(f"kept from an earlier try: {', '.join(sorted(finished))}")
 
-    def job(run: PlannedRun) -> tuple:
-        later = [r for r in todo if r.epochs > 0 and not (r is run or (run.side_by_side and r.side_by_side))]
+    def job(run: PlannedRun, remaining: list[PlannedRun]) -> tuple:
+        """``run_one``'s arguments, stopping in time to leave the ``remaining`` runs their epochs."""
+        later = [r for r in remaining if r.epochs > 0 and not (r is run or (run.side_by_side and r.side_by_side))]
         stop_at = stop_time(run, later, time.time(), deadline - reserve, min_epochs, speedup)
         return run, out, dataset, root, device, encoder_weights, overrides, stop_at
 
-    todo = [run for run in todo if run.epochs > 0]  # what the budget does not reach stays out
+    _run_in_order([run for run in todo if run.epochs > 0], out, processes, job, replan, say)
+    write_bundle(out)
+    return summary
+
+
+def _run_in_order(todo: list[PlannedRun], out: Path, processes: int, job, replan, say) -> None:
+    """Run ``todo`` in priority order (the side-by-side group together), rewriting the bundle
+    after each and giving the runs left the time that is left (``replan``)."""
+    from .bundle import write_bundle
+
     while todo:
         run = todo[0]
         if run.epochs == 0:
@@ -472,16 +466,45 @@ def reproduce_all(root: str | None, out_dir: str | os.PathLike, budget_seconds: 
         if len(group) > 1:  # the small models share the device
             # not a multiprocessing.Pool: its daemonic workers could not start evaluate()'s BF workers
             with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-                for done in as_completed([pool.submit(run_one, *job(r)) for r in group]):
+                for done in as_completed([pool.submit(run_one, *job(r, todo)) for r in group]):
                     say(_row_line(done.result()))
                     write_bundle(out)
         else:
-            say(_row_line(run_one(*job(run))))
+            say(_row_line(run_one(*job(run, todo))))
             write_bundle(out)
         todo = [r for r in todo if r not in group]
         replan(todo)
-    write_bundle(out)
-    return summary
+
+
+def _side_by_side(small: list[PlannedRun], side_by_side: int | str, device: torch.device, dataset: str,
+                  overrides: dict, measured: dict, budget_seconds: float, say) -> tuple[int, float]:
+    """``(processes, throughput speed-up)`` for the small runs: several on one GPU when that
+    was measured to pay (``auto``), or as many as ``side_by_side`` says."""
+    if not small or side_by_side == 1:
+        return 1, 1.0
+    processes = 2 if side_by_side == "auto" else int(side_by_side)
+    if side_by_side == "auto" and device.type != "cuda":
+        return 1, 1.0  # CPU threads are already all busy with one run
+    if processes == 1:
+        return 1, 1.0
+    config = resolve_config(small[0].recipe, {**overrides, "model": small[0].model, "dataset": dataset})
+    shape = _train_shape(config, tuple(measured["frame"]))
+    speedup = measure_side_by_side(small[0].model, measured["num_classes"], config.batch_size, shape, device,
+                                   processes, seconds=min(10.0, max(1.0, budget_seconds / 200)))
+    say(f"  {processes} small models side by side: {speedup:.2f}x the throughput of one")
+    if side_by_side == "auto" and speedup < 1.1:
+        return 1, 1.0
+    return processes, speedup
+
+
+def _benchmark(runs: list[PlannedRun], out: Path, overrides: dict, measured: dict, device: torch.device,
+               progress: bool) -> None:
+    """The inference benchmark of every planned model at the training frame size, into the bundle."""
+    from ..benchmark import run_benchmark, write_benchmark
+
+    size = tuple(overrides["size"]) if overrides.get("size") else tuple(measured["frame"])
+    result = run_benchmark(list(dict.fromkeys(run.model for run in runs)), size, str(device), progress=progress)
+    write_benchmark(result, out / "benchmark.md")
 
 
 def _row_line(row: dict) -> str:

@@ -53,8 +53,10 @@ def segment_camvid_street(out: Path) -> str | None:
     from ..engine.inference import load_model
     from ..engine.predict import predict_files
 
-    root = Path(os.environ.get("SEGNET_CAMVID", Path(os.environ.get("SEGNET_SHARED", "../shared")) / "data" / "CamVid"))
-    images = sorted((root / "test").glob("*.png"))
+    from ..data.datasets import shared_camvid
+
+    root = shared_camvid()
+    images = sorted((root / "test").glob("*.png")) if root else []
     if not images:
         return None
     shipped = load_model(DEFAULT_PRETRAINED)

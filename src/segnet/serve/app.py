@@ -73,7 +73,7 @@ def create_app(loaded: LoadedModel, model_name: str | None = None, mc_samples: i
     ``model_name`` (default: the loaded model's). ``mc_samples`` > 0 (Bayesian models) adds
     an uncertainty map; ``example``: an image the page can try without an upload."""
     from fastapi import FastAPI, File, Query, Request, UploadFile
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from fastapi.responses import HTMLResponse, Response
 
     model_name = model_name or loaded.name
     loaded.model.eval()
@@ -94,9 +94,6 @@ def create_app(loaded: LoadedModel, model_name: str | None = None, mc_samples: i
                   description="POST an image to /segment; the page at / does it in a browser.")
     app.state.batcher = batcher  # the caller closes it when the server stops (see serve)
 
-    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
-
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return resources.files("segnet.serve").joinpath("page.html").read_text()
@@ -114,7 +111,7 @@ def create_app(loaded: LoadedModel, model_name: str | None = None, mc_samples: i
     @app.get("/example.png", include_in_schema=False)
     def example_image() -> Response:
         if example is None or not Path(example).is_file():
-            return error(404, "no example image is configured")
+            return _error(404, "no example image is configured")
         return Response(_png(Image.open(example).convert("RGB")), media_type="image/png")
 
     @app.post("/segment", responses={400: {}, 413: {}, 415: {}, 422: {}, 503: {}})
@@ -127,25 +124,32 @@ def create_app(loaded: LoadedModel, model_name: str | None = None, mc_samples: i
         start = time.perf_counter()
         declared = int(request.headers.get("content-length") or 0)
         if declared > limit + 65536:
-            return error(413, f"the upload is {declared / 1e6:.1f} MB; the limit is {max_upload_mb:g} MB")
+            return _error(413, f"the upload is {declared / 1e6:.1f} MB; the limit is {max_upload_mb:g} MB")
         data = await image.read(limit + 1)
         if len(data) > limit:
-            return error(413, f"the upload is over the {max_upload_mb:g} MB limit")
+            return _error(413, f"the upload is over the {max_upload_mb:g} MB limit")
         try:
             pixels = decode_upload(data, minimum)
             future = batcher.submit(pixels)
         except BadUpload as bad:
-            return error(bad.status, f"{image.filename}: {bad}")
+            return _error(bad.status, f"{image.filename}: {bad}")
         except QueueFull as full:
-            return error(503, f"the server is busy ({full}); try again shortly", {"Retry-After": "1"})
+            return _error(503, f"the server is busy ({full}); try again shortly", {"Retry-After": "1"})
         try:
             (labels, variance), timing = await asyncio.wrap_future(future)
         except ValueError as failed:  # e.g. the model refuses the size
-            return error(422, f"{image.filename}: {failed}")
+            return _error(422, f"{image.filename}: {failed}")
         timing = {**timing, "total_ms": (time.perf_counter() - start) * 1000}
         return _answer(pixels, labels, variance, loaded.meta, image.filename, model_name, timing, output)
 
     return app
+
+
+def _error(status: int, message: str, headers: dict | None = None):
+    """A JSON error answer: what is wrong, and the status."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
 def _classes(meta) -> list[dict]:
