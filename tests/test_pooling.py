@@ -60,6 +60,31 @@ def test_unpool_matches_torch_max_unpool2d_on_odd_sizes():
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_kernel_and_deterministic_scatter_agree_bit_for_bit(layout, dtype):
+    """max_unpool runs F.max_unpool2d, and a scatter under deterministic mode: same outputs
+    and gradients, at an odd size, in either layout; the native kernel keeps the layout."""
+    x = torch.randn(2, 6, 45, 61).relu().to(dtype).contiguous(memory_format=layout)
+    pooled, record = max_pool_with_indices(x)
+    results = []
+    for deterministic in (False, True):
+        previous = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(deterministic)
+        try:
+            source = torch.randn_like(pooled).requires_grad_(True) if not results else results[0][2]
+            source.grad = None
+            out = max_unpool(source, record)
+            out.backward(torch.ones_like(out) * torch.arange(out.numel(), dtype=dtype).view_as(out) % 7)
+            results.append((out.detach(), source.grad.clone(), source))
+        finally:
+            torch.use_deterministic_algorithms(previous)
+    (native, native_grad, _), (scatter, scatter_grad, _) = results
+    assert torch.equal(native, scatter) and torch.equal(native_grad, scatter_grad)
+    assert native.shape == (2, 6, 45, 61)
+    assert native.is_contiguous(memory_format=layout)
+
+
 def test_gradients_flow_only_to_recorded_positions():
     x = torch.randn(1, 2, 7, 9)
     pooled, record = max_pool_with_indices(x)
