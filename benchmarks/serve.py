@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
 
-    loaded = load_model(args.checkpoint or "camvid_segnet_basic").folded()
+    loaded = load_model(args.checkpoint or "camvid_segnet_basic")  # serve prepares the default engine
     source = loaded.source
     app = create_app(loaded, Path(source).stem, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=64)
     data = Path(args.image).read_bytes()
@@ -45,14 +45,16 @@ def main() -> None:
     with Server(app) as server:
         post_image(server.url, data)  # warm-up
         for clients in args.clients:
-            latencies, batches = [], []
+            latencies, batches, timings = [], [], []
 
             def one(_):
                 start = time.perf_counter()
                 status, _, body = post_image(server.url, data)
                 latencies.append(time.perf_counter() - start)
                 if status == 200:
-                    batches.append(json.loads(body)["timing"]["batch_size"])
+                    timing = json.loads(body)["timing"]
+                    batches.append(timing["batch_size"])
+                    timings.append(timing)
                 return status
 
             start = time.perf_counter()
@@ -63,13 +65,16 @@ def main() -> None:
             row = {"clients": clients, "requests": args.requests, "ok": statuses.count(200),
                    "requests_per_s": args.requests / seconds, "p50_ms": statistics.median(ordered) * 1000,
                    "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000,
-                   "mean_batch": statistics.mean(batches) if batches else None}
+                   "mean_batch": statistics.mean(batches) if batches else None,
+                   "server_ms": {key: statistics.mean(t[key] for t in timings) for key in timings[0]
+                                 if key.endswith("_ms")} if timings else None}
             rows.append(row)
             print(f"{clients:2d} clients: {row['requests_per_s']:.2f} req/s, p50 {row['p50_ms']:.0f} ms, "
-                  f"p99 {row['p99_ms']:.0f} ms, mean batch {row['mean_batch']:.2f}, {row['ok']}/{args.requests} ok")
+                  f"p99 {row['p99_ms']:.0f} ms, mean batch {row['mean_batch']:.2f}, {row['ok']}/{args.requests} ok; "
+                  "server mean " + ", ".join(f"{k} {v:.0f}" for k, v in (row["server_ms"] or {}).items()))
     cpu = cpu_description()
     result = {"device": f"{cpu['model']} ({' '.join(cpu['flags'])})", "model": str(source), "image": args.image,
-              "rows": rows}
+              "runtime": loaded.runtime, "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -14,8 +14,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 FLOORS = [
     ("segnet.files", "segnet.progress"),
     ("segnet.models", "segnet.data", "segnet.metrics", "segnet.pretrained"),
-    ("segnet", "segnet.report", "segnet.export"),
+    ("segnet.report", "segnet.export"),
     ("segnet.engine",),
+    ("segnet",),  # the package's front: re-exports the public API from the floors below
     ("segnet.benchmark",),
     ("segnet.reproduce", "segnet.serve"),
     ("segnet.cli",),

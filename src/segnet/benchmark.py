@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .engine.engines import build_engine
 from .engine.measure import device_name, measure_training, median_seconds, synchronize
 from .engine.precision import autocast, check_device, resolve_amp
 from .export.fold import fold_batchnorm
@@ -26,7 +26,7 @@ from .models import MODELS, count_parameters, create_model
 from .progress import bar_disabled
 from .report.tables import TABLE6_COLUMNS, markdown_table, table6_markdown, training_markdown
 
-VARIANTS = ("eager", "folded", "channels_last", "bf16", "compile", "onnxruntime")
+VARIANTS = ("default", "eager", "folded", "channels_last", "bf16", "compile", "onnxruntime", "int8")
 
 
 def run_training_benchmark(models=("segnet_basic", "segnet"), size=(360, 480), crop=(180, 240), device="cpu",
@@ -247,7 +247,9 @@ def run_table6(models=("segnet", "deeplab_largefov", "fcn8s", "fcn_bilinear", "d
 
 
 def _runner(model: nn.Module, variant: str, device: torch.device):
-    """A function batch -> output for this variant, or None when it does not apply here."""
+    """A function batch -> output for this variant, or None when it does not apply here.
+    ``default`` is what every command runs (engine auto, for open-ended work); ``compile``,
+    ``onnxruntime`` and ``int8`` are those engines (``engine.engines``)."""
     cuda = device.type == "cuda"
     if variant == "eager":
         model = model.to(device).eval()
@@ -256,28 +258,21 @@ def _runner(model: nn.Module, variant: str, device: torch.device):
             with torch.no_grad():
                 return model(x)
         return run
-    if variant == "onnxruntime":
-        if cuda:
-            return None
-        import onnxruntime
+    if variant in ("onnxruntime", "int8") and cuda:
+        return None
+    if variant in ("default", "compile", "onnxruntime", "int8"):
+        network, runtime = build_engine(model.to(device), "auto" if variant == "default" else variant, "auto", device)
+        engine_precision = "bf16" if runtime["precision"] == "bf16" else "off"
 
-        from .export.onnx import prepare_for_inference
-
-        folder = tempfile.mkdtemp(prefix="segnet-bench-")
-        path = os.path.join(folder, "model.onnx")
-        torch.onnx.export(prepare_for_inference(model), (torch.rand(1, 3, 64, 64),), path, dynamo=True,
-                          input_names=["image"], output_names=["logits"],
-                          dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096),
-                                                2: torch.export.Dim("height", min=17, max=8192),
-                                                3: torch.export.Dim("width", min=17, max=8192)}})
-        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        return lambda x: session.run(None, {"image": x.numpy()})[0]
+        def run(x):
+            with torch.inference_mode(), autocast(engine_precision, device):
+                return network(x)
+        run.runtime = runtime
+        return run
     folded, _ = fold_batchnorm(model)
     folded = folded.to(device)
     layout = torch.channels_last if variant in ("channels_last", "bf16") else torch.contiguous_format
     folded = folded.to(memory_format=layout)
-    if variant == "compile":
-        folded = torch.compile(folded)
     precision = "bf16" if variant == "bf16" else "off"
 
     def run(x):
@@ -304,7 +299,8 @@ def benchmark_model(name: str, size=(360, 480), device="cpu", variants=("eager",
             torch.cuda.reset_peak_memory_stats(device)
         _peak_rss_reset()
         x1 = torch.rand(1, 3, *size, device=device)
-        latency = median_seconds(lambda: run(x1), repeats, warmup + (2 if variant == "compile" else 0), device)
+        slow_start = variant in ("compile", "default")  # compiling (or building a session) is not the latency
+        latency = median_seconds(lambda: run(x1), repeats, warmup + (2 if slow_start else 0), device)
         memory = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_rss_mb())
         throughput = {1: 1 / latency} if 1 in batch_sizes else {}
         for batch in batch_sizes:
@@ -316,6 +312,7 @@ def benchmark_model(name: str, size=(360, 480), device="cpu", variants=("eager",
             "latency_ms": latency * 1000, "images_per_s": throughput[best_batch], "best_batch": best_batch,
             "throughput_by_batch": throughput, "peak_memory_mb": memory,
             "achieved_gflops_per_s": flops * throughput[best_batch] / 1e9,
+            **({"runs": getattr(run, "runtime")} if hasattr(run, "runtime") else {}),
         }
     return row
 
@@ -328,7 +325,7 @@ def run_benchmark(models=None, size=(360, 480), device="cpu", variants=None, bat
     device = check_device(device)
     cuda = device.type == "cuda"
     # bf16 by default where the hardware runs it natively (on an AVX2-only CPU it is emulated, slow)
-    variants = variants or (("eager", "folded", "channels_last")
+    variants = variants or (("default", "eager", "folded", "channels_last")
                             + (("bf16",) if resolve_amp("auto", device) == "bf16" else ())
                             + (() if cuda else ("onnxruntime",)))
     batch_sizes = batch_sizes or ((1, 8, 32, 64) if cuda else (1, 2))

@@ -143,7 +143,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError("give --checkpoint CKPT (from 'segnet train'), --pretrained NAME (shipped), "
                          "or --model NAME to evaluate an untrained model")
     dataset = build_dataset(args.dataset, args.root, args.split)
-    loaded = _loaded_model(args, dataset.meta.num_classes, dataset.meta, fold=False)
+    loaded = _loaded_model(args, dataset.meta.num_classes, dataset.meta)
     loaded.check_classes(dataset.meta, args.dataset)
     result = loaded.evaluate(dataset, device=loaded.device, batch_size=args.batch_size,
                              bf_mode=None if args.bf == "none" else args.bf, bf_void=args.bf_void,
@@ -151,7 +151,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     info = {"model": loaded.source, "split": args.split, "root": str(args.root) if args.root else None}
     written = write_evaluation(result, args.out, info)
     print(format_metrics_table(result.metrics))
-    print(f"\n{len(written)} files in {args.out}: {', '.join(written)}  (open {written['report.html']})")
+    print(f"\n{_ran(loaded)}; {len(written)} files in {args.out}: {', '.join(written)}  (open {written['report.html']})")
     return 0
 
 
@@ -165,9 +165,10 @@ def _device(args) -> str:
     return args.device or "auto"
 
 
-def _loaded_model(args, num_classes: int = 11, meta=None, fold: bool = True):
-    """The ``LoadedModel`` that --checkpoint / --pretrained / --model name (BN folded unless
-    ``fold`` is False); ``meta``: the classes of an untrained --model (CamVid's by default)."""
+def _loaded_model(args, num_classes: int = 11, meta=None):
+    """The ``LoadedModel`` that --checkpoint / --pretrained / --model name, set to run
+    --engine (where the command has it); ``meta``: the classes of an untrained --model
+    (CamVid's by default)."""
     from .engine.inference import load_model
 
     checkpoint = _checkpoint_path(args)
@@ -176,7 +177,13 @@ def _loaded_model(args, num_classes: int = 11, meta=None, fold: bool = True):
                          "or --model NAME for an untrained model")
     loaded = load_model(checkpoint, model=None if checkpoint else args.model, num_classes=num_classes, meta=meta,
                         device=_device(args))
-    return loaded.folded() if fold else loaded
+    loaded.engine = getattr(args, "engine", None) or "auto"
+    return loaded
+
+
+def _ran(loaded) -> str:
+    """What inference ran on, for the user: device, engine and precision."""
+    return f"{loaded.name} on {loaded.device}: engine {loaded.runtime['engine']}, {loaded.runtime['precision']}"
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -195,6 +202,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"{done} segmented, {len(failures)} failed; "
           f"{len(on_disk)} files in {args.out} (NAME.png: class ids with the palette; NAME_overlay.png; "
           "NAME_uncertainty.png with --mc-samples; NAME_overlay.mp4 and NAME_labels/ for videos)")
+    print(f"ran {_ran(loaded)}")
     return 1 if failures else 0
 
 
@@ -209,7 +217,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     example = _example_image()
     app = create_app(loaded, name, args.mc_samples, args.amp, args.max_batch, args.max_wait_ms, args.max_queue,
                      args.max_upload_mb, example)
-    print(f"serving {name} at http://{args.host}:{args.port}/  (API: /docs; Ctrl-C stops)")
+    print(f"serving {name} at http://{args.host}:{args.port}/  ({_ran(loaded)}; API: /docs; Ctrl-C stops)")
     run_server(app, args.host, args.port)
     return 0
 
@@ -225,7 +233,7 @@ def _example_image() -> Path | None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    loaded = _loaded_model(args, fold=False)
+    loaded = _loaded_model(args)
     meta, normalization = loaded.meta, loaded.normalization
     report = loaded.export_onnx(args.out, sizes=args.check_sizes, index_free=args.index_free)
     for check in report["checks"]:
@@ -241,15 +249,47 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_slim(args: argparse.Namespace) -> int:
     from .engine import slim_checkpoint
 
-    source = Path(args.checkpoint)
+    source = Path(_pretrained_or_path(args.checkpoint))
     if Path(args.out).resolve() == source.resolve():
         raise ValueError(f"--out {args.out}: is the checkpoint being slimmed; writing over it would lose its "
                          "training state; choose another --out")
+    if args.format == "safetensors":
+        return _slim_to_folder(args, source)
+    if args.card:
+        raise ValueError("--card goes with --format safetensors (a .pt file carries no model card text)")
     slim_checkpoint(source, args.out, keep=tuple(args.keep or ()), weights=args.weights)
     before, after = source.stat().st_size / 1e6, Path(args.out).stat().st_size / 1e6
     stored = "convolution kernels in int8, per output channel" if args.weights == "int8" else "weights in fp32"
     print(f"wrote {args.out} ({after:.1f} MB from {before:.1f} MB; {stored}); use it with "
           f"--checkpoint {args.out} in predict, evaluate, serve, export, or train --init-from")
+    return 0
+
+
+def _pretrained_or_path(source: str) -> str:
+    """A shipped model's name as its path; anything else as given."""
+    from .pretrained import PRETRAINED, pretrained_path
+
+    return str(pretrained_path(source)) if source in PRETRAINED and not Path(source).exists() else source
+
+
+def _slim_to_folder(args, source: Path) -> int:
+    """slim --format safetensors: the model as a folder (weights, config.json, model card)."""
+    from .engine import load_model
+
+    if args.weights != "fp32":
+        raise ValueError("--weights int8 is for .pt files; a safetensors folder holds the weights in fp32")
+    if args.keep:
+        raise ValueError("--keep is for .pt files; a safetensors folder always carries the recipe, configuration "
+                         "and scores the checkpoint has (in config.json)")
+    card = None
+    if args.card:
+        card = Path(args.card).read_text(encoding="utf-8")
+        if card.startswith("---\n"):  # a card written by hub_card: its body follows the YAML header
+            card = card.split("\n---\n", 1)[1].lstrip("\n")
+    folder = load_model(source).save_pretrained(args.out, **({"model_card": card} if card is not None else {}))
+    size = (folder / "model.safetensors").stat().st_size / 1e6
+    print(f"wrote {folder}/ (model.safetensors {size:.1f} MB, config.json, README.md); use it with --checkpoint "
+          f"{folder}, segnet.from_pretrained('{folder}'), or upload the folder to a model hub")
     return 0
 
 
@@ -396,6 +436,16 @@ def _model_source(parser: argparse.ArgumentParser, default_pretrained: str | Non
                         help=f"a model shipped with segnet: {', '.join(PRETRAINED)}"
                         + (f" (default: {default_pretrained})" if default_pretrained else ""))
     source.add_argument("--model", help="an untrained model of this name instead (a baseline, or to try the pipeline)")
+
+
+def _engine_option(parser: argparse.ArgumentParser) -> None:
+    from .engine.engines import ENGINES
+
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
+                        help="how the network runs: auto (the default: BN folded, channels_last and bf16 where the "
+                        "CPU or GPU has it; torch.compile on AMX CPUs for long work), eager, compile, onnxruntime "
+                        "(fp32) or int8 (onnxruntime, calibrated on the first batch; costs accuracy). What ran is "
+                        "printed and recorded (docs/performance.md has the measurements)")
 
 
 def _amp_option(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
@@ -572,6 +622,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--workers", type=int, help="processes scoring BF in the background (default: one per core)")
     p.add_argument("--samples", type=int, default=6, help="images shown in samples.png (default: 6)")
     _amp_option(p)
+    _engine_option(p)
     p.set_defaults(func=cmd_evaluate, out_kind="folder")
 
 
@@ -598,6 +649,7 @@ def _add_predict(sub) -> None:
                    "current (default 0: off; see docs/results.md for what it does on CamVid)")
     _device_option(p)
     _amp_option(p)
+    _engine_option(p)
     p.set_defaults(func=cmd_predict, out_kind="folder")
 
 
@@ -623,6 +675,7 @@ def _add_serve(sub) -> None:
                    help="images waiting at most; beyond it requests get 503 (default: 32)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted (default: 10 MB)")
     _amp_option(p)
+    _engine_option(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -651,8 +704,14 @@ def _add_slim(sub) -> None:
                        "size (SegNet: 118 MB to 30 MB); it is turned back into fp32 when loaded. Measured cost on "
                        "the CamVid test set: none within 0.01 mIoU (docs/results.md). Files with int8 weights need "
                        "this segnet version or newer.")
-    p.add_argument("checkpoint", help="the checkpoint to copy (RUN_DIR/best.pt)")
-    p.add_argument("--out", required=True, help="the file to write (never the checkpoint itself)")
+    p.add_argument("checkpoint", help="the checkpoint to copy (RUN_DIR/best.pt, a model folder or a shipped name)")
+    p.add_argument("--out", required=True, help="the file (or, with --format safetensors, the folder) to write; "
+                   "never the checkpoint itself")
+    p.add_argument("--format", choices=["pt", "safetensors"], default="pt",
+                   help="pt (default): one segnet checkpoint file; safetensors: a folder with model.safetensors, "
+                   "config.json and a README.md model card, the layout model hubs use (loads without unpickling)")
+    p.add_argument("--card", metavar="MARKDOWN", help="with --format safetensors: the model card's text (its "
+                   "YAML header, if any, is replaced by one made from config.json)")
     p.add_argument("--weights", choices=list(WEIGHT_STORAGE), default="fp32",
                    help="how to store the convolution kernels (default: fp32, exactly as trained)")
     p.add_argument("--keep", nargs="+", metavar="ENTRY",
@@ -716,8 +775,9 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--size", type=_size, default=(360, 480), help="HEIGHTxWIDTH (default: 360x480)")
     _device_option(p)
     p.add_argument("--variants", nargs="+", choices=VARIANTS,
-                   help="default: eager folded channels_last, then bf16 on CUDA and on CPUs with native bf16 "
-                   "(avx512_bf16/amx_bf16), and onnxruntime on CPU")
+                   help="default: default (what every command runs: engine auto) eager folded channels_last, then "
+                   "bf16 on CUDA and on CPUs with native bf16 (avx512_bf16/amx_bf16), and onnxruntime on CPU; "
+                   "compile and int8 (the engines of those names) on request")
     p.add_argument("--batch-sizes", type=_positive_int, nargs="+", help="default: 1 2 (CPU), 1 8 32 64 (CUDA)")
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats per measurement (default: 3)")
     p.add_argument("--table6", action="store_true",
@@ -752,7 +812,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "out", None) and getattr(args, "out_kind", None):
             from .files import check_output
 
-            check_output(args.out, args.out_kind)  # before any work: nothing is half-done or left behind
+            kind = "folder" if getattr(args, "format", None) == "safetensors" else args.out_kind
+            check_output(args.out, kind)  # before any work: nothing is half-done or left behind
         return args.func(args)
     except KeyboardInterrupt:
         print("segnet: interrupted", file=sys.stderr)

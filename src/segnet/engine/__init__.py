@@ -2,7 +2,8 @@
 
 from .checkpoint import load_checkpoint, save_checkpoint, slim_checkpoint
 from .evaluate import Evaluation, evaluate
-from .inference import LoadedModel, load_model
+from .hub import hub_card
+from .inference import LoadedModel, from_pretrained, load_model, save_pretrained
 
-__all__ = ["Evaluation", "LoadedModel", "evaluate", "load_checkpoint", "load_model",
-           "save_checkpoint", "slim_checkpoint"]
+__all__ = ["Evaluation", "LoadedModel", "evaluate", "from_pretrained", "hub_card", "load_checkpoint", "load_model",
+           "save_checkpoint", "save_pretrained", "slim_checkpoint"]

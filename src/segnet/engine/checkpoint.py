@@ -154,8 +154,18 @@ def slim_checkpoint(source: str | os.PathLike, dest: str | os.PathLike, keep: tu
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint safely; errors name the file and say what is wrong."""
+    """Read a checkpoint safely; errors name the file and say what is wrong. ``path`` may
+    also be a model folder (``save_pretrained``) or an ``hf-hub:OWNER/NAME`` id, read the
+    same way into the same dict."""
+    from .hub import HUB_PREFIX, download_from_hub, read_model_folder
+
+    if str(path).startswith(HUB_PREFIX):
+        path = download_from_hub(str(path))
     path = Path(path)
+    if path.is_dir():
+        checkpoint = read_model_folder(path)
+        checkpoint["state_dict"] = {k: v.to(map_location) for k, v in checkpoint["state_dict"].items()}
+        return checkpoint
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found (training writes RUN_DIR/best.pt and RUN_DIR/last.pt)")
     try:

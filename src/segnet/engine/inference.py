@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,12 @@ class LoadedModel:
     source: str
     name: str
     trained: bool = True
+    options: dict = field(default_factory=dict)  # the architecture's options (create_model keywords)
+    extras: dict = field(default_factory=dict)  # provenance, test_metrics, model_card: what a card shows
+    engine: str = "auto"
+    # what inference runs (built by ``prepare``, on first use if not before) and its record
+    network: nn.Module | None = field(default=None, repr=False, compare=False)
+    runtime: dict | None = field(default=None, compare=False)
 
     @property
     def device(self) -> torch.device:
@@ -46,7 +52,29 @@ class LoadedModel:
     def to(self, device: str | torch.device) -> LoadedModel:
         """Move to ``device`` (checked first: a missing GPU is named as such)."""
         self.model.to(check_device(device))
+        self.network = self.runtime = None
         return self
+
+    def prepare(self, engine: str | None = None, amp: str = "auto", images: int | None = None) -> LoadedModel:
+        """Build the network inference runs (``engine``: auto, eager, compile, onnxruntime or
+        int8; default: this model's ``engine``) for ``images`` images (None: open-ended work,
+        which is what lets ``auto`` choose to compile). ``runtime`` then names the engine and
+        precision. Returns self."""
+        from .engines import build_engine
+
+        self.engine = engine or self.engine
+        self.network, self.runtime = build_engine(self.model, self.engine, amp, self.device, images,
+                                                   normalization=self.normalization)
+        self.runtime["requested"] = {"engine": self.engine, "amp": amp}
+        return self
+
+    def ready(self, amp: str = "auto", images: int | None = None) -> tuple[nn.Module, str]:
+        """The prepared network and its autocast precision (``"bf16"`` or ``"off"``), prepared
+        now (for ``images`` images, None: open-ended) if it is not yet, or if ``amp`` asks for
+        another precision than the one prepared."""
+        if self.network is None or self.runtime["requested"]["amp"] != amp:
+            self.prepare(amp=amp, images=images)
+        return self.network, "bf16" if self.runtime["precision"] == "bf16" else "off"
 
     def folded(self) -> LoadedModel:
         """A copy with batch norm folded into the convolutions (for inference and export)."""
@@ -72,7 +100,18 @@ class LoadedModel:
         input size; ``options``: its keyword arguments, e.g. ``bf_mode="exact"``)."""
         from .evaluate import evaluate
 
-        return evaluate(self.model, dataset, self.normalization, input_size=self.input_size, **options)
+        network, precision = self.ready(options.pop("amp", "auto"), len(dataset))
+        result = evaluate(network, dataset, self.normalization, input_size=self.input_size, amp=precision, **options)
+        result.metrics["runtime"].update(engine=self.runtime["engine"], precision=self.runtime["precision"])
+        return result
+
+    def save_pretrained(self, folder: str | os.PathLike, **card) -> Path:
+        """Write this model as a folder people share: ``model.safetensors``, ``config.json``
+        and a ``README.md`` model card (``engine.hub.save_pretrained``; ``card``: its
+        ``provenance``, ``test_metrics`` or ``model_card`` text, default: what this model carries)."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, folder, **card)
 
     def export_onnx(self, path: str | os.PathLike, **options) -> dict:
         """Export to ONNX with this model's classes, palette, normalisation and input size in
@@ -82,11 +121,11 @@ class LoadedModel:
         return export_onnx(self.model, path, metadata=self.metadata(), normalization=self.normalization, **options)
 
     def predict_logits(self, images: torch.Tensor, amp: str = "auto") -> torch.Tensor:
-        """uint8 ``(N, 3, H, W)`` -> fp32 logits ``(N, K, H, W)`` at the images' size."""
-        self.model.eval()
+        """uint8 ``(N, 3, H, W)`` -> fp32 logits ``(N, K, H, W)`` at the images' size, by the
+        prepared engine (``prepare``; the default, auto, on first use)."""
+        network, precision = self.ready(amp, len(images))
         with torch.inference_mode():
-            return predict_logits(self.model, images.to(self.device), self.normalization, self.input_size,
-                                  resolve_amp(amp, self.device))
+            return predict_logits(network, images.to(self.device), self.normalization, self.input_size, precision)
 
     def segment(self, image, amp: str = "auto") -> torch.Tensor:
         """One image (uint8 tensor ``(3, H, W)``, PIL image or path) -> ``(H, W)`` class ids on the CPU.
@@ -98,11 +137,7 @@ class LoadedModel:
             image = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
         if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a (3, H, W) uint8 image, got {tuple(image.shape)} {image.dtype}")
-        was_training = self.model.training
-        try:
-            return self.predict_logits(image[None], amp).argmax(1)[0].cpu()
-        finally:
-            self.model.train(was_training)
+        return self.predict_logits(image[None], amp).argmax(1)[0].cpu()
 
     def segment_batch(self, images: list[torch.Tensor], mc_samples: int = 0,
                       amp: str = "auto") -> list[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -127,10 +162,24 @@ class LoadedModel:
         return list(zip(mean.argmax(1), variance))
 
 
+def _card_extras(payload: dict) -> dict:
+    """What a model card shows, from a checkpoint (a model folder carries it as is)."""
+    if "provenance" in payload:
+        extras = {"provenance": payload["provenance"]}
+    else:
+        extras = {"provenance": {key: payload[key] for key in ("recipe", "epoch", "config", "metrics", "bn_recomputed")
+                                 if key in payload}}
+    for key in ("test_metrics", "model_card"):
+        if isinstance(payload.get(key), (dict, str)):
+            extras[key] = payload[key]
+    return extras
+
+
 def load_model(source: str | os.PathLike | None = None, *, model: str | None = None, num_classes: int = 11,
                meta: DatasetMeta | None = None, device: str | torch.device = "cpu") -> LoadedModel:
-    """A checkpoint path or a shipped model's name (``source``), or, with ``model=NAME`` and no
-    source, that architecture with initial weights for ``num_classes`` classes (``meta``:
+    """A checkpoint file, a model folder (``save_pretrained``), an ``hf-hub:OWNER/NAME`` id
+    (with the ``hub`` extra) or a shipped model's name (``source``), or, with ``model=NAME``
+    and no source, that architecture with initial weights for ``num_classes`` classes (``meta``:
     the classes to report; CamVid's when not given)."""
     from ..models import create_model, model_info
     from ..pretrained import PRETRAINED, pretrained_path
@@ -142,7 +191,8 @@ def load_model(source: str | os.PathLike | None = None, *, model: str | None = N
         network, checkpoint_meta, normalization = _model_from_checkpoint(payload, device, source=str(path))
         size = payload.get("input_size")
         return LoadedModel(network, checkpoint_meta, normalization, tuple(size) if size else None, str(path),
-                           payload["model"]["name"])
+                           payload["model"]["name"], options=dict(payload["model"].get("options") or {}),
+                           extras=_card_extras(payload))
     if model is None:
         raise ValueError("give a checkpoint, a shipped model's name, or model=NAME for an untrained model")
     if meta is None:
@@ -152,3 +202,15 @@ def load_model(source: str | os.PathLike | None = None, *, model: str | None = N
     network = create_model(model, num_classes).to(device).eval()
     return LoadedModel(network, meta, dict(model_info(model).normalization), None, f"{model} (untrained, He init)",
                        model, trained=False)
+
+
+def from_pretrained(source: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """A model folder, an ``hf-hub:OWNER/NAME`` id or a shipped model's name, loaded
+    (``load_model`` under the name model hubs use). Nothing is downloaded unless ``source``
+    is a hub id."""
+    return load_model(source, device=device)
+
+
+def save_pretrained(loaded: LoadedModel, folder: str | os.PathLike, **card) -> Path:
+    """``loaded.save_pretrained(folder, **card)``."""
+    return loaded.save_pretrained(folder, **card)

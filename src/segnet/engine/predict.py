@@ -89,11 +89,10 @@ def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: i
     ``video_labels`` a ``NAME_labels/`` folder of per-frame label maps, and ``smooth`` the
     temporal smoothing of class probabilities (0: off).
 
-    Every per-image failure (unreadable, too small for the network, ...) is reported with
-    its file and skipped; the rest are still processed. Images of equal size are batched.
-    Output names are unique (``output_stems``). With ``mc_samples`` (Bayesian models) the
-    label map is the argmax of the mean softmax and ``NAME_uncertainty.png`` shows the
-    per-pixel variance.
+    Every per-image failure (unreadable, too small, ...) is reported with its file and
+    skipped. Images of equal size are batched; output names are unique (``output_stems``).
+    With ``mc_samples`` (Bayesian models) the label map is the argmax of the mean softmax
+    and ``NAME_uncertainty.png`` shows the per-pixel variance.
     """
     from tqdm import tqdm
 
@@ -113,6 +112,7 @@ def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: i
     if videos and mc_samples:
         raise ValueError("--mc-samples applies to images, not videos; leave it out for "
                          f"{paths[videos[0]]}")
+    loaded.ready(amp, images=None if videos else len(paths))  # auto sees how long the work is
     for index in videos:
         try:
             result = segment_video(loaded, paths[index], out, stems[index], batch_size, amp,

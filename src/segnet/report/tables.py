@@ -24,6 +24,8 @@ def markdown_table(result: dict) -> str:
     for row in result["rows"]:
         for variant, r in row["variants"].items():
             memory = "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
+            if "runs" in r:  # an engine: say what it ran
+                variant = f"{variant} ({r['runs']['engine']}, {r['runs']['precision']})"
             lines.append(f"| {row['model']} | {row['params_m']:.3f} | {row['gflops']:.1f} | {row['model_mb']:.1f} | "
                          f"{variant} | {r['latency_ms']:.1f} | {r['images_per_s']:.2f} ({r['best_batch']}) | {memory} | "
                          f"{r['achieved_gflops_per_s']:.0f} | {r['fraction_of_matmul_peak'] * 100:.0f}% |")

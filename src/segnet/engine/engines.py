@@ -1,0 +1,140 @@
+"""Inference engines: the ways a network can run for inference, and the measured rule that
+picks one for the machine.
+
+- ``eager``: batch norm folded into the convolutions, weights in channels_last, bf16
+  autocast where the hardware has native bf16 (``resolve_amp``), fp32 elsewhere.
+- ``compile``: eager's network under ``torch.compile`` (inductor, frozen weights). Its
+  first call compiles (seconds; inductor's on-disk cache makes later processes faster),
+  and a compile failure falls back to eager with a one-line notice.
+- ``onnxruntime``: the folded network exported to ONNX and run by onnxruntime in fp32
+  (CPU only; needs the ``export`` extra).
+- ``int8``: that ONNX model quantised statically to int8 (QDQ, per-channel weights),
+  calibrated on the first batch it segments (CPU only; it costs accuracy: measure first).
+
+``auto`` (the default everywhere) follows ``choose_engine``; docs/performance.md has the
+measurements behind each branch of the rule.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .precision import cpu_description, resolve_amp
+
+ENGINES = ("auto", "eager", "compile", "onnxruntime", "int8")
+# torch.compile pays only when the images to segment outweigh its start-up: on a 2-core AMX
+# Xeon it saved 0.11 s per SegNet image and cost 24 s to compile (docs/performance.md)
+COMPILE_PAYS_AFTER = 200
+
+
+def choose_engine(device: str | torch.device, images: int | None = None, flags: list[str] | None = None) -> str:
+    """The engine ``auto`` means on ``device`` for ``images`` images (None: open-ended work,
+    such as serve or a video). ``flags``: the CPU's flags (default: this machine's).
+
+    CUDA and CPUs with native bf16 run eager (folded, channels_last, bf16); an AMX CPU
+    compiles when the work is long enough to repay compiling; other CPUs run eager in fp32
+    (onnxruntime was 1.19x eager there, eager folded + channels_last 1.10x, but
+    onnxruntime's export costs start-up time and an extra, so it is offered, not chosen)."""
+    if torch.device(device).type == "cuda":
+        return "eager"
+    flags = cpu_description()["flags"] if flags is None else flags
+    if "amx_bf16" in flags and (images is None or images >= COMPILE_PAYS_AFTER):
+        return "compile"
+    return "eager"
+
+
+def build_engine(model: nn.Module, engine: str, amp: str, device: str | torch.device,
+                 images: int | None = None, flags: list[str] | None = None,
+                 normalization: dict | None = None) -> tuple[nn.Module, dict]:
+    """``(network, runtime)``: an eval-mode network that runs ``model`` the way ``engine``
+    says, and ``{"engine", "precision"}`` naming what it runs (the engine ``auto`` chose).
+    ``normalization``: the model's input normalisation (the ONNX engines check their export
+    on images normalised like the real ones)."""
+    from ..export.fold import fold_batchnorm
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    device = torch.device(device)
+    if engine == "auto":
+        engine = choose_engine(device, images, flags)
+    if engine in ("onnxruntime", "int8") and device.type != "cpu":
+        raise ValueError(f"--engine {engine} runs on the CPU only; use --device cpu, or --engine eager on {device}")
+    folded = fold_batchnorm(model)[0].eval()
+    if engine in ("onnxruntime", "int8"):
+        network = OnnxRuntimeNetwork(folded, quantize=engine == "int8", normalization=normalization)
+        return network, {"engine": engine, "precision": "int8" if engine == "int8" else "fp32"}
+    folded = folded.to(memory_format=torch.channels_last)
+    precision = resolve_amp(amp, device)
+    if engine == "compile":
+        folded = CompiledNetwork(folded)
+    return folded, {"engine": engine, "precision": "bf16" if precision == "bf16" else "fp32"}
+
+
+class CompiledNetwork(nn.Module):
+    """``torch.compile`` of a network, or the network itself once compiling has failed."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.compiled = torch.compile(network)
+        self.failed = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.failed:
+            try:
+                with torch._inductor.config.patch(freezing=True):
+                    return self.compiled(x)
+            except Exception as error:  # any compiler failure: the eager network gives the same answer
+                self.failed = True
+                reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+                print(f"segnet: torch.compile failed ({type(error).__name__}: {reason}); running eager instead",
+                      file=sys.stderr)
+        return self.network(x)
+
+
+class OnnxRuntimeNetwork(nn.Module):
+    """A folded network exported to ONNX and run by onnxruntime on the CPU (``quantize``:
+    int8, calibrated on the first batch it is given). Built on the first call."""
+
+    def __init__(self, network: nn.Module, quantize: bool = False, normalization: dict | None = None) -> None:
+        super().__init__()
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise ValueError("--engine onnxruntime/int8 needs onnxruntime: pip install 'segnet[export]'") from None
+        self.network = network
+        self.quantize = quantize
+        self.normalization = normalization
+        self.session = None
+
+    def _build(self, x: torch.Tensor) -> None:
+        from ..export import export_onnx
+
+        folder = Path(tempfile.mkdtemp(prefix="segnet-ort-"))
+        size = tuple(x.shape[-2:])
+        export_onnx(self.network.float().cpu(), folder / "fp32.onnx", sizes=[size], normalization=self.normalization)
+        path = folder / "fp32.onnx"
+        if self.quantize:
+            from ..export.quantize import quantize_onnx
+
+            path = quantize_onnx(path, folder / "int8.onnx", x.float().cpu().numpy())
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for file in folder.iterdir():  # the session holds the model; nothing is left behind
+            file.unlink()
+        folder.rmdir()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.session is None:
+            self._build(x)
+        image = np.ascontiguousarray(x.float().cpu().numpy())
+        return torch.from_numpy(self.session.run(None, {"image": image})[0])

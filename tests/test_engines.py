@@ -1,0 +1,134 @@
+"""Inference engines: the rule auto follows for a given CPU, that every engine labels like
+eager, that a compile failure falls back with a notice, and that outputs say what ran."""
+
+import pytest
+import torch
+
+from segnet.engine import load_model
+from segnet.engine.engines import COMPILE_PAYS_AFTER, build_engine, choose_engine
+
+AMX = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]
+AVX512_BF16 = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"]
+AVX2 = ["avx2"]
+
+
+@pytest.mark.parametrize("flags, images, expected", [
+    (AMX, None, "compile"),  # serve, video: open-ended work repays compiling
+    (AMX, COMPILE_PAYS_AFTER, "compile"),
+    (AMX, COMPILE_PAYS_AFTER - 1, "eager"),  # too little work to repay it
+    (AMX, 1, "eager"),
+    (AVX512_BF16, None, "eager"),  # compile measured no faster there
+    (AVX2, None, "eager"),
+    ([], 5, "eager"),
+])
+def test_auto_follows_the_rule_for_the_cpu_flags(flags, images, expected):
+    assert choose_engine("cpu", images, flags) == expected
+
+
+def test_auto_on_cuda_is_eager_whatever_the_cpu():
+    assert choose_engine(torch.device("cuda"), None, AMX) == "eager"
+
+
+@pytest.mark.parametrize("flags, precision", [(AVX512_BF16, "bf16"), (AMX, "bf16"), (AVX2, "fp32")])
+def test_eager_runs_bf16_only_where_the_cpu_has_it(flags, precision, monkeypatch):
+    monkeypatch.setattr("segnet.engine.precision.cpu_description", lambda: {"model": "fake", "flags": flags})
+    model = load_model(model="segnet_basic").model
+    network, runtime = build_engine(model, "auto", "auto", "cpu", images=1, flags=flags)
+    assert runtime == {"engine": "eager", "precision": precision}
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())  # folded
+    convolutions = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convolutions)
+
+
+@pytest.fixture(scope="module")
+def images():
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (2, 3, 48, 64), generator=generator, dtype=torch.uint8)
+
+
+def _labels(loaded, images, engine, amp="off"):
+    loaded.prepare(engine, amp=amp)
+    return loaded.predict_logits(images, amp).argmax(1)
+
+
+@pytest.fixture(scope="module")
+def street():
+    """Two synthetic street-like scenes, which the shipped CamVid model labels decisively."""
+    from segnet.data import build_dataset
+
+    dataset = build_dataset("synthetic", None, "val", count=2, size=(96, 128))
+    return torch.stack([dataset.load(i)[0] for i in range(2)])
+
+
+@pytest.mark.parametrize("engine, agreement", [("eager", 0.999), ("onnxruntime", 0.999), ("int8", 0.95)])
+def test_each_engine_labels_like_plain_eager(engine, agreement, street):
+    """The shipped model, plain fp32 (BN unfolded, contiguous) against each engine in fp32."""
+    from segnet.engine.evaluate import predict_logits
+
+    pytest.importorskip("onnxruntime")
+    loaded = load_model("camvid_segnet_basic")
+    with torch.inference_mode():
+        plain = predict_logits(loaded.model.eval(), street, loaded.normalization, loaded.input_size).argmax(1)
+    labels = _labels(loaded, street, engine)
+    assert loaded.runtime["engine"] == engine
+    assert (labels == plain).float().mean() >= agreement
+
+
+def test_compile_labels_like_eager(images):
+    torch.manual_seed(0)
+    loaded = load_model(model="segnet_basic")
+    eager = _labels(loaded, images, "eager")
+    assert torch.equal(_labels(loaded, images, "compile"), eager) or \
+        (_labels(loaded, images, "compile") == eager).float().mean() >= 0.999
+    assert loaded.runtime["engine"] == "compile"
+
+
+def test_a_compile_failure_falls_back_to_eager_with_one_notice(images, monkeypatch, capsys):
+    def broken_compile(network, **_):
+        def run(x):
+            raise RuntimeError("inductor exploded\nmore lines nobody needs")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    torch.manual_seed(0)
+    loaded = load_model(model="segnet_basic")
+    eager = _labels(loaded, images, "eager")
+    first = _labels(loaded, images, "compile")
+    second = loaded.predict_logits(images, "off").argmax(1)
+    assert torch.equal(first, eager) and torch.equal(second, eager)
+    notices = capsys.readouterr().err.strip().splitlines()
+    assert notices == ["segnet: torch.compile failed (RuntimeError: inductor exploded); running eager instead"]
+
+
+def test_the_onnx_engines_refuse_a_gpu_with_a_clear_error():
+    model = load_model(model="segnet_basic").model
+    with pytest.raises(ValueError, match="CPU only"):
+        build_engine(model, "int8", "auto", torch.device("cuda"))
+
+
+def test_an_unknown_engine_is_refused():
+    with pytest.raises(ValueError, match="engine must be one of"):
+        build_engine(load_model(model="segnet_basic").model, "tensorrt", "auto", "cpu")
+
+
+def test_evaluate_records_the_engine_and_precision(images):
+    from segnet.data import build_dataset
+
+    dataset = build_dataset("synthetic", None, "val", count=2, size=(48, 64))
+    loaded = load_model(model="segnet_basic", num_classes=dataset.meta.num_classes, meta=dataset.meta)
+    loaded.prepare("eager", amp="off")
+    result = loaded.evaluate(dataset, bf_mode=None, amp="off", progress=False)
+    assert result.metrics["runtime"]["engine"] == "eager"
+    assert result.metrics["runtime"]["precision"] == "fp32"
+
+
+def test_cli_predict_says_which_engine_ran(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from segnet.cli import main
+
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "a.png")
+    assert main(["predict", "--model", "segnet_basic", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"),
+                 "--engine", "eager", "--amp", "off"]) == 0
+    assert "engine eager, fp32" in capsys.readouterr().out
