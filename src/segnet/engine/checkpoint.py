@@ -16,6 +16,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from pathlib import Path
@@ -31,6 +32,7 @@ FORMAT = "segnet-checkpoint"
 VERSION = 1  # what checkpoints with fp32 weights are written as
 INT8_VERSION = 2  # checkpoints with int8 kernels; segnet before them refuses them by this number
 WEIGHT_STORAGE = ("fp32", "int8")
+MAX_INPUT_SIDE = 8192  # the largest side an input size may name (ONNX export's limit too)
 
 
 def clean_state_dict(model: nn.Module) -> dict:
@@ -136,6 +138,7 @@ def slim_checkpoint(source: str | os.PathLike, dest: str | os.PathLike, keep: tu
     if weights not in WEIGHT_STORAGE:
         raise ValueError(f"weights must be one of {', '.join(WEIGHT_STORAGE)}, got {weights!r}")
     checkpoint = load_checkpoint(source)
+    check_weights(checkpoint["state_dict"], source)  # a slim copy of a broken model would travel far
     missing = [key for key in keep if key not in checkpoint]
     if missing:
         raise ValueError(f"{source}: has no {', '.join(missing)} entry to keep (it has "
@@ -170,14 +173,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise FileNotFoundError(f"{path}: checkpoint not found (training writes RUN_DIR/best.pt and RUN_DIR/last.pt)")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(f"{path}: refused to load: it holds objects other than tensors and plain data "
-                         f"({str(error).splitlines()[0]}); only segnet checkpoints are accepted") from error
+    except pickle.UnpicklingError:  # torch's own message suggests weights_only=False: never pass that on
+        raise ValueError(f"{path}: refused to load: it is not a segnet checkpoint (damaged, another kind of file, "
+                         "or one holding objects other than tensors and plain data, which are never loaded); "
+                         "use a checkpoint from 'segnet train' or a model folder") from None
     except (RuntimeError, EOFError, OSError) as error:
         raise ValueError(f"{path}: not a readable checkpoint ({error}); was the file truncated?") from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise ValueError(f"{path}: not a segnet checkpoint (no 'format': '{FORMAT}' entry)")
-    if checkpoint.get("version", 0) > INT8_VERSION:
+    version = checkpoint.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{path}: its 'version' entry is {version!r}, not a number; the file was edited or not "
+                         "written by segnet")
+    if version > INT8_VERSION:
         raise ValueError(f"{path}: checkpoint version {checkpoint['version']} is newer than this segnet "
                          f"understands ({INT8_VERSION}); upgrade segnet")
     _check_entries(checkpoint, path)
@@ -204,11 +212,36 @@ def _check_entries(checkpoint: dict, path) -> None:
         problems.append("'normalization' (mean and std, 3 values each)")
     if not isinstance(checkpoint.get("dataset"), dict) or "class_names" not in checkpoint["dataset"]:
         problems.append("'dataset' (class names and palette)")
-    if not isinstance(checkpoint.get("state_dict"), dict):
-        problems.append("'state_dict' (the weights)")
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        problems.append("'state_dict' (the weights: names and tensors only)")
+    if isinstance(normalization, dict) and not _positive_stds(normalization.get("std")):
+        problems.append("'normalization' (its std must be 3 positive finite numbers: a std of 0 divides by zero)")
+    size = checkpoint.get("input_size")
+    if size is not None and not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_INPUT_SIDE for v in size)):
+        problems.append(f"'input_size' ({size!r} is not [height, width] of 1 to {MAX_INPUT_SIDE} pixels)")
     if problems:
         raise ValueError(f"{path}: this checkpoint lacks or has a malformed {', '.join(problems)}; it was not "
                          "written by segnet or was edited: use a checkpoint from 'segnet train' (RUN_DIR/best.pt)")
+
+
+def _positive_stds(values) -> bool:
+    return isinstance(values, (list, tuple)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in values)
+
+
+def check_weights(state: dict, where) -> None:
+    """ValueError naming the tensor when weights hold NaN or infinity, or when a batch norm's
+    running variance is negative (such a model predicts nonsense without an error)."""
+    for key, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{where}: weight {key} holds NaN or infinite values; this model cannot predict. "
+                             "Use an earlier checkpoint (training keeps last.pt and best.pt from good epochs)")
+        if key.endswith("running_var") and value.is_floating_point() and (value < 0).any():
+            raise ValueError(f"{where}: batch-norm statistic {key} is negative, which no training produces; the "
+                             "file was edited or damaged. Use the checkpoint training wrote")
 
 
 def _model_from_checkpoint(checkpoint: dict, map_location: str | torch.device = "cpu",
@@ -242,9 +275,6 @@ def _model_from_checkpoint(checkpoint: dict, map_location: str | torch.device = 
         raise ValueError(f"{where}: its weights do not fit a {spec['name']} with {spec['num_classes']} classes, as "
                          f"it says it holds: tensors {'; '.join(details)}. The file was edited or saved from another "
                          "model; use the checkpoint training wrote")
-    for key, value in state.items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise ValueError(f"{where}: weight {key} holds NaN or infinite values; this model cannot predict. "
-                             "Use an earlier checkpoint (training keeps last.pt and best.pt from good epochs)")
+    check_weights(state, where)
     model.load_state_dict(state)
     return model.to(map_location).eval(), DatasetMeta.from_dict(checkpoint["dataset"]), checkpoint["normalization"]

@@ -1,0 +1,70 @@
+"""Hostile and damaged checkpoints (issue 35, items 7, 8, 10, 14): each is a row; every row
+must end in a clear error that names the file, never a bug report or a silent wrong result."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segnet.cli import main
+from segnet.engine.checkpoint import save_checkpoint
+from segnet.engine.inference import load_model
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    loaded = load_model(model="segnet_basic")
+    path = save_checkpoint(folder / "good.pt", loaded.model, "segnet_basic", loaded.meta, loaded.normalization,
+                           input_size=[48, 64])
+    Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(folder / "street.png")
+    return path
+
+
+def _edit(change):
+    def write(good, target):
+        payload = torch.load(good, weights_only=True)
+        change(payload)
+        torch.save(payload, target)
+    return write
+
+
+def _first_running_var(payload):
+    key = next(k for k in payload["state_dict"] if k.endswith("running_var"))
+    payload["state_dict"][key] = -payload["state_dict"][key].abs() - 1
+
+
+def _nan_weight(payload):
+    key = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
+    payload["state_dict"][key] = payload["state_dict"][key] * float("nan")
+
+
+ROWS = [
+    ("version as a string", _edit(lambda p: p.update(version="1")), "'version' entry is '1'"),
+    ("negative input size", _edit(lambda p: p.update(input_size=[-5, 0])), "'input_size'"),
+    ("huge input size", _edit(lambda p: p.update(input_size=[10**7, 10**7])), "'input_size'"),
+    ("non-tensor weight", _edit(lambda p: p["state_dict"].update(bad="x")), "names and tensors only"),
+    ("std of zero", _edit(lambda p: p["normalization"].update(std=[0.0, 1.0, 1.0])), "std must be 3 positive"),
+    ("negative running_var", _edit(_first_running_var), "is negative"),
+    ("NaN weights", _edit(_nan_weight), "NaN or infinite"),
+    ("random bytes", lambda good, target: target.write_bytes(np.random.default_rng(0).bytes(5000)),
+     "not a segnet checkpoint"),
+]
+
+
+@pytest.mark.parametrize("name, make, message", ROWS, ids=[row[0] for row in ROWS])
+@pytest.mark.parametrize("command", ["predict", "slim", "export"])
+def test_a_bad_checkpoint_is_a_clear_error_in_every_command(good, tmp_path, capsys, name, make, message, command):
+    bad = tmp_path / "bad.pt"
+    make(good, bad)
+    argv = {"predict": ["predict", "--checkpoint", str(bad), str(good.parent / "street.png"), "--out",
+                        str(tmp_path / "out")],
+            "slim": ["slim", str(bad), "--out", str(tmp_path / "slim.pt")],
+            "export": ["export", "--checkpoint", str(bad), "--out", str(tmp_path / "m.onnx")]}[command]
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert status == 2, err  # bad input: never 4 (a bug) and never 0 (a silent wrong result)
+    assert message in err and str(bad) in err
+    assert "weights_only=False" not in err
+    assert not (tmp_path / "slim.pt").exists() and not (tmp_path / "m.onnx").exists()
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
