@@ -215,3 +215,51 @@ def test_the_page_segments_the_example_in_headless_chromium(tmp_path):
     assert 'id="overlay" alt="overlay" src="data:image/png;base64,' in dom
     assert dom.count('class="class"') >= 1 and "segnet_basic" in dom
     assert shot.is_file() and Image.open(shot).size == (1200, 800)
+
+
+def _bomb_png() -> bytes:
+    """A 10000x10000 PNG of a few kB: 100 MP that would take gigabytes to decode and segment."""
+    buffer = io.BytesIO()
+    Image.new("1", (10000, 10000)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path, monkeypatch):
+    data = _bomb_png()
+    assert len(data) < 100_000
+    decoded = []
+    real_load = Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self.size) or real_load(self))
+    with Server(_app(tmp_path)) as server:
+        code, _, body = post_image(server.url, data, name="bomb.png")
+        assert code == 413 and "10000x10000" in json.loads(body)["error"] and "--max-megapixels" in \
+            json.loads(body)["error"]
+        assert (10000, 10000) not in decoded  # refused before decoding
+        assert post_image(server.url, _png_bytes())[0] == 200
+    with Server(_app(tmp_path, max_megapixels=0.001)) as server:  # configurable: 1,000 pixels
+        assert post_image(server.url, _png_bytes(48, 64))[0] == 413
+
+
+def test_a_chunked_upload_is_stopped_at_the_limit_while_it_arrives(tmp_path):
+    """No Content-Length: the body is counted as it arrives and refused at the limit, not after."""
+    import http.client
+    import select
+
+    with Server(_app(tmp_path, max_upload_mb=0.2)) as server:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        boundary = "b0undary"
+        connection.putrequest("POST", "/segment")
+        connection.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
+        connection.putheader("Transfer-Encoding", "chunked")
+        connection.endheaders()
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode()
+        for chunk in [head] + [b"\0" * 65536] * 16:  # 1 MB of a body that never ends, 5 times the limit
+            connection.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        # the answer comes while the body is still open: the server did not wait for its end
+        readable, _, _ = select.select([connection.sock], [], [], 20)
+        assert readable, "no answer before the body ended: the upload was not stopped at the limit"
+        response = connection.getresponse()
+        assert response.status == 413 and "limit" in json.loads(response.read())["error"]
+        connection.close()
+        assert post_image(server.url, _png_bytes())[0] == 200  # still serving

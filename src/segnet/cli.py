@@ -34,6 +34,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         height, width = (int(v) for v in text.lower().split("x"))
@@ -216,7 +226,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError("--mc-samples needs a Bayesian model (with dropout), e.g. bayesian_segnet_basic")
     example = _example_image()
     app = create_app(loaded, name, args.mc_samples, args.amp, args.max_batch, args.max_wait_ms, args.max_queue,
-                     args.max_upload_mb, example)
+                     args.max_upload_mb, example, args.max_megapixels)
     print(f"serving {name} at http://{args.host}:{args.port}/  ({_ran(loaded)}; API: /docs; Ctrl-C stops)")
     run_server(app, args.host, args.port)
     return 0
@@ -673,7 +683,10 @@ def _add_serve(sub) -> None:
                    help="how long the first request of a batch waits for others (default: 10)")
     p.add_argument("--max-queue", type=_positive_int, default=32,
                    help="images waiting at most; beyond it requests get 503 (default: 32)")
-    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted (default: 10 MB)")
+    p.add_argument("--max-upload-mb", type=_positive_float, default=10.0,
+                   help="largest upload accepted, counted as it arrives (default: 10 MB; larger: 413)")
+    p.add_argument("--max-megapixels", type=_positive_float, default=40.0,
+                   help="largest image accepted, read from its header before decoding (default: 40 MP; larger: 413)")
     _amp_option(p)
     _engine_option(p)
     p.set_defaults(func=cmd_serve)

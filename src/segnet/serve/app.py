@@ -28,6 +28,9 @@ from ..report import overlay, palette_png, uncertainty_png
 from .batching import DynamicBatcher, QueueFull
 
 MAX_UPLOAD_MB = 10.0
+# decoded size limit, checked from the image header before decoding: a 291 kB PNG can hold
+# 10000x10000 pixels (6 GB to decode and segment); 40 MP is 230 CamVid frames
+MAX_MEGAPIXELS = 40.0
 
 
 class BadUpload(Exception):
@@ -38,12 +41,17 @@ class BadUpload(Exception):
         self.status = status
 
 
-def decode_upload(data: bytes, minimum: int) -> torch.Tensor:
-    """Uploaded bytes -> uint8 ``(3, H, W)``; ``BadUpload`` saying what is wrong otherwise."""
+def decode_upload(data: bytes, minimum: int, max_megapixels: float = MAX_MEGAPIXELS) -> torch.Tensor:
+    """Uploaded bytes -> uint8 ``(3, H, W)``; ``BadUpload`` saying what is wrong otherwise.
+    The pixel count is read from the header and refused (413) before anything is decoded."""
     if not data:
         raise BadUpload(400, "the upload is empty; send an image file in the form field 'image'")
     try:
         with Image.open(io.BytesIO(data)) as picture:
+            width, height = picture.size
+            if width * height > max_megapixels * 1e6:
+                raise BadUpload(413, f"the image is {width}x{height} pixels ({width * height / 1e6:.0f} MP); this "
+                                     f"server takes at most {max_megapixels:g} MP (serve --max-megapixels)")
             picture.load()
             rgb = np.asarray(picture.convert("RGB"))
     except Image.DecompressionBombError as error:
@@ -67,10 +75,11 @@ def _png(picture: Image.Image) -> bytes:
 
 def create_app(loaded: LoadedModel, model_name: str | None = None, mc_samples: int = 0, amp: str = "auto",
                max_batch: int = 8, max_wait_ms: float = 10.0, max_queue: int = 32, max_upload_mb: float = MAX_UPLOAD_MB,
-               example: str | Path | None = None):
+               example: str | Path | None = None, max_megapixels: float = MAX_MEGAPIXELS):
     """The FastAPI app serving ``loaded`` (``engine.inference.load_model``), shown as
     ``model_name`` (default: the loaded model's). ``mc_samples`` > 0 (Bayesian models) adds
-    an uncertainty map; ``example``: an image the page can try without an upload."""
+    an uncertainty map; ``example``: an image the page can try without an upload. Uploads
+    over ``max_upload_mb`` (counted while the body arrives) or ``max_megapixels`` get 413."""
     from fastapi import FastAPI, File, Query, Request, UploadFile
     from fastapi.responses import HTMLResponse, Response
 
@@ -92,6 +101,7 @@ def create_app(loaded: LoadedModel, model_name: str | None = None, mc_samples: i
     app = FastAPI(title="segnet", summary=f"Semantic segmentation with {model_name}",
                   description="POST an image to /segment; the page at / does it in a browser.")
     app.state.batcher = batcher  # the caller closes it when the server stops (see serve)
+    app.add_middleware(BodyLimit, limit=limit + 65536)  # the form's own bytes on top of the file
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -129,7 +139,7 @@ def create_app(loaded: LoadedModel, model_name: str | None = None, mc_samples: i
             return _error(413, f"the upload is over the {max_upload_mb:g} MB limit")
         try:
             decode_start = time.perf_counter()
-            pixels = decode_upload(data, minimum)
+            pixels = decode_upload(data, minimum, max_megapixels)
             decode_ms = (time.perf_counter() - decode_start) * 1000
             future = batcher.submit(pixels)
         except BadUpload as bad:
@@ -144,6 +154,38 @@ def create_app(loaded: LoadedModel, model_name: str | None = None, mc_samples: i
         return _answer(pixels, labels, variance, loaded.meta, image.filename, model_name, timing, output, start)
 
     return app
+
+
+class BodyLimit:
+    """ASGI middleware: counts a request's body as it arrives and answers 413 the moment it
+    passes ``limit``, so an upload without Content-Length (chunked) is never read, or
+    spooled to disk, beyond the limit."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        seen, answered = 0, False
+
+        async def counted_receive():
+            nonlocal seen, answered
+            message = await receive()
+            if message["type"] == "http.request" and not answered:
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    answered = True
+                    await _error(413, f"the upload is over the {self.limit / 1e6:.1f} MB limit (serve "
+                                      "--max-upload-mb)")(scope, receive, send)
+                    return {"type": "http.disconnect"}  # the app stops reading; nothing more is taken
+            return message
+
+        async def guarded_send(message):
+            if not answered:  # once 413 is sent, the app's own answer is dropped
+                await send(message)
+
+        await self.app(scope, counted_receive, guarded_send)
 
 
 def _error(status: int, message: str, headers: dict | None = None):
