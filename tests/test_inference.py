@@ -268,3 +268,41 @@ def test_load_model_is_one_way_in_for_paths_shipped_names_and_untrained_models(t
         load_model("camvid_segnet_basic", device="cuda:7")
     with pytest.raises(ValueError, match="model=NAME"):
         load_model()
+
+
+def _street(path):
+    Image.fromarray(np.full((40, 50, 3), 100, np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["out is the input folder", "a user's file of the same name",
+                                  "a segnet output changed by the user"])
+def test_predict_never_writes_over_an_input_or_a_file_it_did_not_write(tmp_path, capsys, case):
+    from segnet.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo = _street(photos / "x.png")
+    out = tmp_path / "o"
+    out.mkdir()
+    if case == "out is the input folder":
+        out = photos
+    elif case == "a user's file of the same name":
+        (out / "x.png").write_bytes(b"my own notes")
+    else:
+        assert main(["predict", "--model", "segnet_basic", str(photo), "--out", str(out)]) == 0
+        (out / "x_overlay.png").write_bytes(b"edited by hand")
+    before = {p: p.read_bytes() for p in (photos.iterdir()) } | {p: p.read_bytes() for p in out.iterdir()}
+    assert main(["predict", "--model", "segnet_basic", str(photo), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in photos.iterdir()} | {p: p.read_bytes() for p in out.iterdir()} == before
+    assert main(["predict", "--model", "segnet_basic", str(photo), "--out", str(out), "--overwrite"]) == 0
+
+
+def test_a_rerun_rewrites_segnets_own_outputs(tmp_path):
+    from segnet.cli import main
+
+    photo = _street(tmp_path / "x.png")
+    for _ in range(2):
+        assert main(["predict", "--model", "segnet_basic", str(photo), "--out", str(tmp_path / "o")]) == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".segnet-outputs.json", "x.png", "x_overlay.png"]

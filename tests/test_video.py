@@ -81,7 +81,7 @@ def test_a_broken_video_is_named_and_skipped(tmp_path, checkpoint, capsys):
                  "--out", str(out)]) == 1
     captured = capsys.readouterr()
     assert "broken.mp4: not a readable video" in captured.err and "1 video(s) segmented, 1 failed" in captured.out
-    assert sorted(p.name for p in out.iterdir()) == ["good_overlay.mp4"]  # nothing half-written for the broken one
+    assert sorted(p.name for p in out.iterdir()) == [".segnet-outputs.json", "good_overlay.mp4"]  # nothing half-written
 
 
 def test_temporal_smoothing_is_an_average_of_probabilities_over_frames():

@@ -201,7 +201,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     loaded = _loaded_model(args)
     written, failures = predict_files(loaded, args.inputs, args.out, args.mc_samples, args.batch_size, amp=args.amp,
-                                      video_labels=args.video_labels, smooth=args.smooth)
+                                      video_labels=args.video_labels, smooth=args.smooth,
+                                      overwrite=args.overwrite)
     for path, why in failures:
         print(f"segnet: skipped: {why}" if str(path) in why else f"segnet: skipped {path}: {why}", file=sys.stderr)
     on_disk = {p for p in written if p.is_file()}  # what is really there (names are unique per input)
@@ -660,6 +661,9 @@ def _add_predict(sub) -> None:
     _device_option(p)
     _amp_option(p)
     _engine_option(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="write over files in --out that segnet did not write, and over inputs (never by default: "
+                   "a rerun rewrites only segnet's own earlier outputs)")
     p.set_defaults(func=cmd_predict, out_kind="folder")
 
 

@@ -84,3 +84,52 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True  # another user's live process
     return True
+
+
+# Which files in a folder segnet wrote (name -> size and mtime when written): a rerun may
+# rewrite those, and nothing else, without --overwrite.
+OUTPUT_RECORD = ".segnet-outputs.json"
+
+
+def _stamp(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def record_outputs(paths: list[Path]) -> None:
+    """Note ``paths`` (just written) in their folders' record of segnet's own outputs."""
+    by_folder: dict[Path, list[Path]] = {}
+    for path in paths:
+        by_folder.setdefault(Path(path).parent, []).append(Path(path))
+    for folder, written in by_folder.items():
+        record = _read_record(folder)
+        record.update({p.name: _stamp(p) for p in written if p.is_file()})
+        write_json(folder / OUTPUT_RECORD, record)
+
+
+def _read_record(folder: Path) -> dict:
+    try:
+        record = json.loads((folder / OUTPUT_RECORD).read_text())
+        return record if isinstance(record, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def check_overwrites(planned: list[Path], inputs: list[Path], overwrite: bool = False) -> None:
+    """ValueError before any work when a planned output would replace one of ``inputs`` or
+    an existing file segnet did not write (or that was changed since), unless ``overwrite``.
+    A folder that exists where a planned file goes is always refused."""
+    sources = {p.resolve() for p in inputs if p.exists()}
+    records: dict[Path, dict] = {}
+    for path in planned:
+        if path.is_dir():
+            raise ValueError(f"{path}: is a folder where segnet would write a file; choose another --out")
+        if not path.exists() or overwrite:
+            continue
+        if path.resolve() in sources:
+            raise ValueError(f"{path}: is one of the inputs, and segnet would write its result over it; choose "
+                             "another --out (or --overwrite to replace it)")
+        record = records.setdefault(path.parent, _read_record(path.parent))
+        if record.get(path.name) != _stamp(path):
+            raise ValueError(f"{path}: exists and was not written by segnet (or was changed since); segnet writes "
+                             "over no file of yours: choose another --out, move it away, or --overwrite")

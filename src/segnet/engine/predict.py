@@ -11,7 +11,7 @@ import torch
 
 from ..data import DatasetMeta, load_image
 from ..data.datasets import IMAGE_SUFFIXES
-from ..files import atomic_path
+from ..files import atomic_path, check_overwrites, record_outputs
 from ..progress import bar_disabled
 from ..report import overlay, palette_png, uncertainty_png
 from .inference import LoadedModel
@@ -79,9 +79,45 @@ def output_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
+def _planned_outputs(paths: list[Path], stems: list[str], videos: set[int], out: Path, mc_samples: int) -> list[Path]:
+    """The files predict_files will write, known before it starts."""
+    planned = []
+    for index, stem in enumerate(stems):
+        if index in videos:
+            planned.append(out / f"{stem}_overlay.mp4")
+        else:
+            planned += [out / f"{stem}.png", out / f"{stem}_overlay.png"]
+            planned += [out / f"{stem}_uncertainty.png"] if mc_samples else []
+    return planned
+
+
+def _segment_videos(loaded, paths, videos, stems, out, batch_size, amp, video_labels, smooth, progress):
+    """predict_files' videos: ``(written, failures)``."""
+    from ..data import DataError
+
+    written: list[Path] = []
+    failures: list[tuple[str, str]] = []
+    for index in videos:
+        try:
+            result = segment_video(loaded, paths[index], out, stems[index], batch_size, amp,
+                                   write_labels=video_labels, smooth=smooth, progress=progress)
+        except (DataError, ValueError, OSError) as error:
+            failures.append((str(paths[index]), str(error)))
+            continue
+        record_outputs([result["overlay"]])
+        written.append(result["overlay"])
+        if result["labels"] is not None:
+            written += sorted(result["labels"].iterdir())
+        if progress:
+            logging.getLogger("segnet").info(f"{paths[index]}: {result['frames']} frames at {result['fps']:g} fps segmented in "
+                  f"{result['seconds']:.1f} s ({result['frames_per_s']:.1f} frames/s); audio {result['audio']}; "
+                  f"-> {result['overlay']}")
+    return written, failures
+
+
 def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: int = 0, batch_size: int = 4,
                   progress: bool = True, amp: str = "auto", video_labels: bool = False,
-                  smooth: float = 0.0) -> tuple[list[Path], list[tuple[str, str]]]:
+                  smooth: float = 0.0, overwrite: bool = False) -> tuple[list[Path], list[tuple[str, str]]]:
     """Segment every input image and video with ``loaded`` (``engine.inference.load_model``);
     returns (written files, [(input, why it failed)]).
 
@@ -89,8 +125,9 @@ def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: i
     ``video_labels`` a ``NAME_labels/`` folder of per-frame label maps, and ``smooth`` the
     temporal smoothing of class probabilities (0: off).
 
-    Every per-image failure (unreadable, too small, ...) is reported with its file and
-    skipped. Images of equal size are batched; output names are unique (``output_stems``).
+    No input and no file segnet did not write is written over (``files.check_overwrites``,
+    before any work) unless ``overwrite``. Every per-image failure (unreadable, too small,
+    ...) is reported with its file and skipped. Images of equal size are batched; output names are unique (``output_stems``).
     With ``mc_samples`` (Bayesian models) the label map is the argmax of the mean softmax
     and ``NAME_uncertainty.png`` shows the per-pixel variance.
     """
@@ -102,8 +139,6 @@ def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: i
     if mc_samples and not has_dropout(loaded.model):
         raise ValueError("--mc-samples needs a Bayesian model (with dropout), e.g. bayesian_segnet")
     out = Path(out_dir)
-    written: list[Path] = []
-    failures: list[tuple[str, str]] = []
     paths = expand_inputs(inputs)
     if not paths:
         raise ValueError(f"no images found in {' '.join(inputs)}")
@@ -112,26 +147,16 @@ def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: i
     if videos and mc_samples:
         raise ValueError("--mc-samples applies to images, not videos; leave it out for "
                          f"{paths[videos[0]]}")
+    check_overwrites(_planned_outputs(paths, stems, set(videos), out, mc_samples), paths, overwrite)
     loaded.ready(amp, images=None if videos else len(paths))  # auto sees how long the work is
-    for index in videos:
-        try:
-            result = segment_video(loaded, paths[index], out, stems[index], batch_size, amp,
-                                   write_labels=video_labels, smooth=smooth, progress=progress)
-        except (DataError, ValueError, OSError) as error:
-            failures.append((str(paths[index]), str(error)))
-            continue
-        written.append(result["overlay"])
-        if result["labels"] is not None:
-            written += sorted(result["labels"].iterdir())
-        if progress:
-            logging.getLogger("segnet").info(f"{paths[index]}: {result['frames']} frames at {result['fps']:g} fps segmented in "
-                  f"{result['seconds']:.1f} s ({result['frames_per_s']:.1f} frames/s); audio {result['audio']}; "
-                  f"-> {result['overlay']}")
+    written, failures = _segment_videos(loaded, paths, videos, stems, out, batch_size, amp, video_labels, smooth,
+                                        progress)
     image_indices = [index for index in range(len(paths)) if index not in set(videos)]
     with tqdm(total=len(image_indices), desc="segmenting", unit="img",
               disable=not image_indices or bar_disabled(progress)) as bar:
         for first in range(0, len(image_indices), batch_size):
             by_size: dict[tuple, list] = {}
+            mark = len(written)
             for index in image_indices[first:first + batch_size]:
                 try:
                     image = load_image(paths[index])
@@ -157,4 +182,5 @@ def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: i
                             uncertainty_png(variance.cpu().numpy()).save(tmp, format="PNG")
                         written.append(target)
                     bar.update(1)
+            record_outputs(written[mark:])  # this batch's files: a rerun may rewrite them
     return written, failures

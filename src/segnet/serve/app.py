@@ -92,11 +92,8 @@ def create_app(loaded: LoadedModel, model_name: str | None = None, mc_samples: i
 
     batcher = DynamicBatcher(run_batch, max_batch, max_wait_ms / 1000, max_queue)
     limit = int(max_upload_mb * 1e6)
-    info = {"name": model_name, "source": loaded.source, "classes": _classes(loaded.meta),
-            "input_size": list(loaded.input_size) if loaded.input_size else None, "uncertainty": mc_samples > 0,
-            "device": str(loaded.device), "engine": loaded.runtime["engine"], "precision": loaded.runtime["precision"],
-            "batching": {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_queue": max_queue},
-            "max_upload_mb": max_upload_mb}
+    info = _served(loaded, model_name, mc_samples > 0, {"max_batch": max_batch, "max_wait_ms": max_wait_ms,
+                   "max_queue": max_queue}, {"max_upload_mb": max_upload_mb, "max_megapixels": max_megapixels})
 
     app = FastAPI(title="segnet", summary=f"Semantic segmentation with {model_name}",
                   description="POST an image to /segment; the page at / does it in a browser.")
@@ -186,6 +183,14 @@ class BodyLimit:
                 await send(message)
 
         await self.app(scope, counted_receive, guarded_send)
+
+
+def _served(loaded: LoadedModel, name: str, uncertainty: bool, batching: dict, limits: dict) -> dict:
+    """What GET /models says about the model served: classes, input size, engine, limits."""
+    return {"name": name, "source": loaded.source, "classes": _classes(loaded.meta),
+            "input_size": list(loaded.input_size) if loaded.input_size else None, "uncertainty": uncertainty,
+            "device": str(loaded.device), "engine": loaded.runtime["engine"], "precision": loaded.runtime["precision"],
+            "batching": batching, **limits}
 
 
 def _error(status: int, message: str, headers: dict | None = None):
