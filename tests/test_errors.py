@@ -236,3 +236,22 @@ def test_stale_temporary_files_of_a_killed_process_are_cleaned_on_the_next_start
     (run / f".metrics.csv.tmp{dead}").write_text("epoch\n")
     assert main(["train", "--out", str(run), *TINY_TRAIN]) == 0  # training cleans up its folder first
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("module, extra", [("fastapi", "serve"), ("onnxruntime", "export"), ("onnx", "export")])
+def test_a_missing_optional_dependency_names_the_extra_to_install(module, extra):
+    from segnet.cli import EXIT_BAD_INPUT, describe_error
+
+    error = ModuleNotFoundError(f"No module named '{module}'", name=module)
+    message, status = describe_error(error)
+    assert status == EXIT_BAD_INPUT and f"pip install 'segnet[{extra}]'" in message
+
+
+def test_serve_without_the_serve_extra_is_not_called_a_bug(monkeypatch, capsys):
+    import sys
+
+    from segnet.cli import main
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if not installed
+    assert main(["serve", "--model", "segnet_basic", "--port", "8765"]) == 2
+    assert "pip install 'segnet[serve]'" in capsys.readouterr().err

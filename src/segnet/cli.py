@@ -18,6 +18,9 @@ used); 3 a file or folder not found; 4 an internal error (a bug: please report i
 the output of --debug); 130 interrupted. --debug shows the full traceback."""
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+# optional dependencies -> the extra (pyproject.toml) that installs them
+OPTIONAL_MODULES = {"fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve",
+                    "onnx": "export", "onnxscript": "export", "onnxruntime": "export", "huggingface_hub": "hub"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -859,6 +862,10 @@ def describe_error(error: BaseException) -> tuple[str, int]:
 
     if isinstance(error, TrainingError):
         return str(error), EXIT_FAILED
+    if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in OPTIONAL_MODULES:
+        extra = OPTIONAL_MODULES[error.name.split(".")[0]]
+        return (f"this needs {error.name.split('.')[0]}, which is not installed: pip install 'segnet[{extra}]' "
+                "(or make test, which installs every extra)"), EXIT_BAD_INPUT
     if isinstance(error, OSError):
         if error.filename is None:  # raised by segnet with a full sentence
             return str(error), EXIT_NOT_FOUND if isinstance(error, FileNotFoundError) else EXIT_BAD_INPUT
