@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/segnet demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
