@@ -68,3 +68,14 @@ def test_a_bad_checkpoint_is_a_clear_error_in_every_command(good, tmp_path, caps
     assert "weights_only=False" not in err
     assert not (tmp_path / "slim.pt").exists() and not (tmp_path / "m.onnx").exists()
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("content", [b"just some text\n", b"", np.random.default_rng(1).bytes(3000)],
+                         ids=["text", "empty", "random bytes"])
+def test_encoder_weights_that_are_not_a_state_dict_are_a_clear_error(tmp_path, capsys, content):
+    weights = tmp_path / "vgg16.pth"
+    weights.write_bytes(content)
+    status = main(["train", "--model", "segnet", "--dataset", "synthetic", "--epochs", "1",
+                   "--encoder-weights", str(weights), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2 and str(weights) in err and "not a readable weights file" in err, err

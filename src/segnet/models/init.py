@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -48,9 +49,16 @@ def load_vgg16_state_dict(source: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"encoder weights file {path} does not exist; pass 'imagenet' or the path of a "
             "torchvision-layout VGG16 state dict (keys features.0.weight ... features.28.bias)"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError, OSError):
+        # torch raises all of these for non-checkpoints (a text file gives KeyError: 105)
+        raise ValueError(f"{path}: not a readable weights file (a torchvision-layout VGG16 state dict saved "
+                         "with torch.save is expected); check --encoder-weights") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: holds no table of tensors, so it is not a VGG16 state dict; check --encoder-weights")
     return state
 
 
