@@ -255,3 +255,22 @@ def test_serve_without_the_serve_extra_is_not_called_a_bug(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "fastapi", None)  # as if not installed
     assert main(["serve", "--model", "segnet_basic", "--port", "8765"]) == 2
     assert "pip install 'segnet[serve]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["predict", "x.png", "--mc-samples", "-3"], "must be 0 or more"),
+    (["evaluate", "--model", "segnet_basic", "--out", "o", "--samples", "-1"], "must be 0 or more"),
+    (["serve", "--port", "0"], "a port is 1 to 65535"),
+    (["serve", "--port", "70000"], "a port is 1 to 65535"),
+    (["serve", "--max-upload-mb", "-1"], "must be a positive number"),
+    (["train", "--lr", "nan", "--out", "o"], "must be a positive number"),
+    (["forward", "--size", "0x5"], "positive sides"),
+])
+def test_options_are_checked_before_any_work_in_plain_words(argv, words, capsys, tmp_path, monkeypatch):
+    from segnet.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and words in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written

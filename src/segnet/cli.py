@@ -31,9 +31,29 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _non_negative_int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {text}")
     return value
 
 
@@ -52,6 +72,8 @@ def _size(text: str) -> tuple[int, int]:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must look like HEIGHTxWIDTH (e.g. 360x480), got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"a size has positive sides, got {text!r}")
     return height, width
 
 
@@ -600,7 +622,7 @@ def _add_train(sub) -> None:
     p.add_argument("--epochs", type=_positive_int, help="override the recipe's epochs")
     p.add_argument("--batch-size", type=_positive_int, help="global batch size")
     p.add_argument("--accumulate", type=_positive_int, help="micro-batches per step (same result, less memory)")
-    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--lr", type=_positive_float, help="learning rate")
     p.add_argument("--size", type=_size, help="train at HEIGHTxWIDTH (default: the data's size)")
     p.add_argument("--crop", type=_size, metavar="HxW",
                    help="train on random HxW windows at native resolution (e.g. 180x240); validation on whole frames")
@@ -634,7 +656,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default: 4)")
     _device_option(p)
     p.add_argument("--workers", type=int, help="processes scoring BF in the background (default: one per core)")
-    p.add_argument("--samples", type=int, default=6, help="images shown in samples.png (default: 6)")
+    p.add_argument("--samples", type=_non_negative_int, default=6, help="images shown in samples.png (default: 6)")
     _amp_option(p)
     _engine_option(p)
     p.set_defaults(func=cmd_evaluate, out_kind="folder")
@@ -654,7 +676,7 @@ def _add_predict(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders or glob patterns")
     _model_source(p, default_pretrained=DEFAULT_PRETRAINED)
     p.add_argument("--out", default="segmented", help="output folder (default: ./segmented)")
-    p.add_argument("--mc-samples", type=int, default=0, help="Monte Carlo dropout samples (Bayesian models)")
+    p.add_argument("--mc-samples", type=_non_negative_int, default=0, help="Monte Carlo dropout samples (Bayesian models)")
     p.add_argument("--batch-size", type=_positive_int, default=4,
                    help="images or video frames per forward pass (default: 4)")
     p.add_argument("--video-labels", action="store_true", help="videos: also write one label map per frame")
@@ -681,9 +703,9 @@ def _add_serve(sub) -> None:
                        "(pip install 'segnet[serve]').")
     _model_source(p, default_pretrained=DEFAULT_PRETRAINED)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default: 8000)")
     _device_option(p)
-    p.add_argument("--mc-samples", type=int, default=0, help="Monte Carlo dropout samples: adds the uncertainty map "
+    p.add_argument("--mc-samples", type=_non_negative_int, default=0, help="Monte Carlo dropout samples: adds the uncertainty map "
                    "(Bayesian models)")
     p.add_argument("--max-batch", type=_positive_int, default=8, help="images per forward pass at most (default: 8)")
     p.add_argument("--max-wait-ms", type=float, default=10.0,
