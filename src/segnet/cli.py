@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -902,6 +903,8 @@ def describe_error(error: BaseException) -> tuple[str, int]:
         for kind, remedy in remedies.items():
             if isinstance(error, kind):
                 return f"{path}: {remedy}", EXIT_NOT_FOUND if kind is FileNotFoundError else EXIT_BAD_INPUT
+        if error.errno in (errno.ENOSPC, errno.EIO) and error.strerror and "nothing was replaced" in error.strerror:
+            return f"{path}: {error.strerror}", EXIT_FAILED  # segnet's own sentence: the disk ran out
         return f"{path}: {error.strerror or error}; check the path and the disk (space, permissions)", EXIT_BAD_INPUT
     if isinstance(error, ValueError):
         return str(error), EXIT_BAD_INPUT

@@ -16,9 +16,11 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import torch
@@ -79,9 +81,23 @@ def save_checkpoint(
         "state_dict": clean_state_dict(model),
         **extra,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    _write(payload, path)
     return path
+
+
+def _write(payload: dict, path: Path) -> None:
+    """``torch.save`` atomically; a full disk is said as such, with the path (torch reports it
+    as 'unexpected pos' or 'file write failed'), and the file that was there is kept."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except (RuntimeError, OSError) as error:
+        full = getattr(error, "errno", None) == errno.ENOSPC or shutil.disk_usage(path.parent).free < 64 * 2**20
+        if not full and not isinstance(error, RuntimeError):
+            raise
+        reason = "the disk is full" if full else f"the write failed ({str(error).splitlines()[0]})"
+        raise OSError(errno.ENOSPC if full else errno.EIO, f"{reason}; nothing was replaced (the previous "
+                      f"{path.name}, if any, is intact). Free some space or choose another --out", str(path)) from None
 
 
 # What a checkpoint needs for inference; the rest (optimizer, RNG state, history) is for resuming.
@@ -151,8 +167,7 @@ def slim_checkpoint(source: str | os.PathLike, dest: str | os.PathLike, keep: tu
     payload.update(extra)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dest) as tmp:
-        torch.save(payload, tmp)
+    _write(payload, dest)
     return dest
 
 
