@@ -306,3 +306,19 @@ def test_a_rerun_rewrites_segnets_own_outputs(tmp_path):
     for _ in range(2):
         assert main(["predict", "--model", "segnet_basic", str(photo), "--out", str(tmp_path / "o")]) == 0
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [".segnet-outputs.json", "x.png", "x_overlay.png"]
+
+
+def test_predict_removes_what_a_killed_predict_left_half_written(tmp_path):
+    import subprocess
+    import sys as system
+
+    from segnet.cli import main
+
+    dead = subprocess.run([system.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a process id that no longer runs
+    out = tmp_path / "o"
+    out.mkdir()
+    left = out / f".drive_overlay.mp4.tmp{dead}"
+    left.write_bytes(b"half a video")
+    assert main(["predict", "--model", "segnet_basic", str(_street(tmp_path / "x.png")), "--out", str(out)]) == 0
+    assert not left.exists()

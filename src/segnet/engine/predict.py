@@ -11,7 +11,7 @@ import torch
 
 from ..data import DatasetMeta, load_image
 from ..data.datasets import IMAGE_SUFFIXES
-from ..files import atomic_path, check_overwrites, record_outputs
+from ..files import atomic_path, check_overwrites, record_outputs, remove_stale_temporaries
 from ..progress import bar_disabled
 from ..report import overlay, palette_png, uncertainty_png
 from .inference import LoadedModel
@@ -148,6 +148,8 @@ def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: i
         raise ValueError("--mc-samples applies to images, not videos; leave it out for "
                          f"{paths[videos[0]]}")
     check_overwrites(_planned_outputs(paths, stems, set(videos), out, mc_samples), paths, overwrite)
+    for stale in remove_stale_temporaries(out) if out.is_dir() else []:  # a killed predict's half-written files
+        logging.getLogger("segnet").info(f"removed {stale}, left half-written by a process that was killed")
     loaded.ready(amp, images=None if videos else len(paths))  # auto sees how long the work is
     written, failures = _segment_videos(loaded, paths, videos, stems, out, batch_size, amp, video_labels, smooth,
                                         progress)
