@@ -20,6 +20,7 @@ import csv
 import json
 import os
 import re
+import stat
 import shutil
 from pathlib import Path
 
@@ -146,45 +147,103 @@ def _replace_section(path: Path, key: str, heading: str, body: str) -> None:
         tmp.write_text(text if text.endswith("\n") else text + "\n")
 
 
+# a bundle is untrusted input: regular files only (no links), each under its cap
+BUNDLE_CAPS = {"table.md": 1_000_000, "table.json": 4_000_000, "runs.json": 4_000_000, "curves.png": 10_000_000,
+               "benchmark.md": 1_000_000, "benchmark.json": 4_000_000}
+
+
+def _bundle_file(bundle: Path, name: str, required: bool = False) -> bytes | None:
+    """The bytes of ``bundle/name`` if it is a regular file under its cap (None when absent
+    and not required); ValueError naming the file otherwise."""
+    path = bundle / name
+    if not os.path.lexists(path):
+        if required:
+            raise FileNotFoundError(f"{bundle}: no {name}; give the bundle folder that `segnet reproduce all` wrote "
+                                    "(OUT/bundle)")
+        return None
+    if path.is_symlink() or not stat.S_ISREG(path.lstat().st_mode):
+        raise ValueError(f"{path}: is a link or not a regular file; a bundle holds plain files only, so it was "
+                         "not made by segnet (or was tampered with); nothing was imported")
+    if path.lstat().st_size > BUNDLE_CAPS[name]:
+        raise ValueError(f"{path}: {path.lstat().st_size / 1e6:.1f} MB, over the {BUNDLE_CAPS[name] / 1e6:g} MB a "
+                         "bundle's file may have; nothing was imported")
+    data = path.read_bytes()
+    if name.endswith((".md", ".json")) and (b"\0" in data or not _utf8(data)):
+        raise ValueError(f"{path}: is not UTF-8 text; nothing was imported")
+    return data
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _bundle_json(bundle: Path, name: str, required: bool = False):
+    data = _bundle_file(bundle, name, required)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{bundle / name}: not valid JSON ({error}); nothing was imported") from None
+
+
 def import_bundle(bundle_dir: str | os.PathLike, docs_dir: str | os.PathLike = "docs") -> dict:
     """Put a bundle's table and curves into ``docs/results.md`` and its benchmark and the GPU
     targets into ``docs/performance.md``, each labelled with the device; importing the same
-    bundle again replaces its sections. Returns what was written."""
+    bundle again replaces its sections. Returns what was written. Everything is read and
+    checked first (regular files under size caps, valid JSON with the keys used): a bad
+    bundle is refused, naming the file and the key, with docs/ untouched."""
     bundle, docs = Path(bundle_dir), Path(docs_dir)
-    table_path = bundle / "table.json"
-    if not table_path.is_file():
-        raise FileNotFoundError(f"{bundle}: no table.json; give the bundle folder that `segnet reproduce all` wrote "
-                                "(OUT/bundle)")
-    table = json.loads(table_path.read_text())
-    device = re.sub(r"\(.*?\)", "", table["device"])  # without "(R)" and the CPU's flag list
-    key = re.sub(r"[^a-z0-9]+", "-", f"{device} {table['started']}".lower()).strip("-")
+    table = _bundle_json(bundle, "table.json", required=True)
+    table_md = (_bundle_file(bundle, "table.md") or b"").decode()
+    curves = _bundle_file(bundle, "curves.png")
+    benchmark = _bundle_json(bundle, "benchmark.json")
+    try:
+        device = re.sub(r"\(.*?\)", "", str(table["device"]))  # without "(R)" and the CPU's flag list
+        key = re.sub(r"[^a-z0-9]+", "-", f"{device} {table['started']}".lower()).strip("-")
+        heading = f"### {table['device']}, {table['started']} UTC, budget {float(table['budget_seconds']) / 60:.0f} min"
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{bundle / 'table.json'}: key {error} is missing or malformed; nothing was imported") from None
+    performance = None
+    if benchmark is not None:
+        try:
+            performance = _benchmark_section(table, benchmark)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+            raise ValueError(f"{bundle / 'benchmark.json'}: key {error} is missing or malformed; nothing was "
+                             "imported") from None
     written = {"key": key, "files": []}
-    body = [f"### {table['device']}, {table['started']} UTC, budget {table['budget_seconds'] / 60:.0f} min",
-            "", "Imported with `segnet reproduce import` from a `segnet reproduce all` bundle. Rows marked "
-            "budget-limited ran fewer epochs than the recipe; they are not the paper's protocol.", "",
-            (bundle / "table.md").read_text()]
-    if (bundle / "curves.png").exists():
+    body = [heading, "", "Imported with `segnet reproduce import` from a `segnet reproduce all` bundle. Rows marked "
+            "budget-limited ran fewer epochs than the recipe; they are not the paper's protocol.", "", table_md]
+    if curves is not None:
         image = docs / "results" / "bundles" / f"{key}-curves.png"
         image.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(bundle / "curves.png", image)
+        with atomic_path(image) as tmp:
+            tmp.write_bytes(curves)
         written["files"].append(str(image))
         body += ["", f"![validation mIoU against time]({image.relative_to(docs).as_posix()})"]
     _replace_section(docs / "results.md", key, "## Budgeted reproductions (`segnet reproduce all`)",
                      "\n".join(body))
     written["files"].append(str(docs / "results.md"))
-    if (bundle / "benchmark.json").exists():
-        benchmark = json.loads((bundle / "benchmark.json").read_text())
-        targets = gpu_targets(benchmark)
-        # drawn again from the JSON, so bundles made by older versions read like new ones
-        lines = [f"### {table['device']}, {table['started']} UTC", "",
-                 "Measured on the same machine by `segnet benchmark`, run by `segnet reproduce all` (or kept "
-                 "from an earlier try in the same folder).", "", markdown_table(benchmark)]
-        if targets:
-            lines += ["", f"| SegNet GPU target ({'x'.join(map(str, benchmark['size']))}) | measured | met |", "|---|---|---|"]
-            lines += [f"| {t['target']} | {t['value'] if t['value'] is not None else '-'} | "
-                      f"{'yes' if t['met'] else 'no'} |" for t in targets]
-        written["targets"] = targets
-        _replace_section(docs / "performance.md", key, "## Budgeted reproductions: inference benchmarks",
-                         "\n".join(lines))
+    if performance is not None:
+        text, written["targets"] = performance
+        _replace_section(docs / "performance.md", key, "## Budgeted reproductions: inference benchmarks", text)
         written["files"].append(str(docs / "performance.md"))
     return written
+
+
+def _benchmark_section(table: dict, benchmark: dict) -> tuple[str, list]:
+    """performance.md's section for a bundle's benchmark, and the GPU targets it shows."""
+    targets = gpu_targets(benchmark)
+    # drawn again from the JSON, so bundles made by older versions read like new ones
+    lines = [f"### {table['device']}, {table['started']} UTC", "",
+             "Measured on the same machine by `segnet benchmark`, run by `segnet reproduce all` (or kept "
+             "from an earlier try in the same folder).", "", markdown_table(benchmark)]
+    if targets:
+        lines += ["", f"| SegNet GPU target ({'x'.join(map(str, benchmark['size']))}) | measured | met |", "|---|---|---|"]
+        lines += [f"| {t['target']} | {t['value'] if t['value'] is not None else '-'} | "
+                  f"{'yes' if t['met'] else 'no'} |" for t in targets]
+    return "\n".join(lines), targets
