@@ -73,3 +73,12 @@ def test_a_hostile_bundle_is_refused_and_docs_stay_untouched(tmp_path, docs, cap
     err = capsys.readouterr().err
     assert status == 2 and words in err and "this is a bug" not in err, err
     assert _docs_state(docs) == before
+
+
+def test_docs_that_is_a_file_is_named_as_docs(tmp_path, capsys):
+    bundle = _bundle(tmp_path)
+    (tmp_path / "notes.md").write_text("mine\n")
+    assert main(["reproduce", "import", str(bundle), "--docs", str(tmp_path / "notes.md")]) == 2
+    err = capsys.readouterr().err
+    assert "--docs" in err and "--out" not in err and ".tmp" not in err
+    assert (tmp_path / "notes.md").read_text() == "mine\n"

@@ -377,6 +377,9 @@ def _reproduce_import(args: argparse.Namespace) -> int:
 
     if not args.bundle:
         raise ValueError("reproduce import needs the bundle folder: segnet reproduce import OUT/bundle")
+    from .files import check_output
+
+    check_output(args.docs, "folder", "--docs")  # before reading anything: a file there is named as --docs
     written = import_bundle(args.bundle, args.docs)
     for path in written["files"]:
         print(f"wrote {path}")
