@@ -101,6 +101,7 @@ def test_download_camvid_wrong_content_creates_nothing(tmp_path, server):
     with pytest.raises(DataError, match="does not match the release"):
         download_camvid(root, url=f"{server}/camvid.zip", expected_digest="f" * 64, progress=False)
     assert not (root / "CamVid").exists() and not list(root.glob(".camvid-*"))
+    assert not any((root / ".downloads").iterdir())  # the refused archive is not kept either
     with pytest.raises(DataError, match="not a zip archive"):
         download_camvid(tmp_path / "d2", url=f"{server}/junk.zip", expected_digest=None, progress=False)
     assert not (tmp_path / "d2" / "CamVid").exists()

@@ -119,6 +119,9 @@ def download_camvid(
             if actual != expected_digest:
                 raise DataError(f"{url}: CamVid content digest {actual} does not match the release ({expected_digest})")
         os.replace(camvid, target)
+    except DataError:  # a refused archive is not kept: the next try downloads afresh
+        archive.unlink(missing_ok=True)
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     archive.unlink(missing_ok=True)
