@@ -167,3 +167,12 @@ def test_torch_hub_loads_each_shipped_model_from_a_checkout():
     assert torch.hub.load(str(ROOT), "camvid_segnet_basic", source="local").name == "segnet_basic"
     untrained = torch.hub.load(str(ROOT), "segnet", source="local", architecture="segnet_basic", num_classes=5)
     assert not untrained.trained and untrained.model(torch.rand(1, 3, 32, 32)).shape[1] == 5
+
+
+def test_round_trip_gives_identical_labels_on_a_camvid_test_image(tmp_path, camvid_root):
+    from segnet.data import load_image
+
+    image = load_image(sorted((camvid_root / "test").glob("*.png"))[0])
+    shipped = segnet.load_model("camvid_segnet_basic")
+    again = segnet.from_pretrained(shipped.save_pretrained(tmp_path / "copy"))
+    assert torch.equal(shipped.segment(image), again.segment(image))  # the default engine, as users run it
