@@ -274,3 +274,22 @@ def test_options_are_checked_before_any_work_in_plain_words(argv, words, capsys,
         main(argv)
     assert exit_info.value.code == 2 and words in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("yaml_text, words", [
+    ("classes: [a, b, c]\ncolors: [[0, 0, 0], [1, 1, 1]]\n", "3 classes, 2 colours"),
+    ("classes: [a, b]\ncolors: [[0, 0, 0], [1, 1, 300]]\n", "integers 0-255"),
+    ("classes: [a, b]\ncolors: [[0, 0, 0], [1, 1]]\n", "one [R, G, B]"),
+    ("classes: [a, b]\ncolors: 7\n", "one [R, G, B]"),
+    ("classes: [a, b]\nignore_color: [0, 0]\n", "'ignore_color'"),
+    ("classes: [a, b]\nignore_index: -1\n", "'ignore_index'"),
+])
+def test_a_bad_palette_in_classes_yaml_is_named_with_its_file(tmp_path, capsys, yaml_text, words):
+    from segnet.cli import main
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "classes.yaml").write_text(yaml_text)
+    status = main(["data", "weights", "--dataset", "folder", "--root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2 and "classes.yaml" in err and words in err, err

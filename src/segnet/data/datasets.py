@@ -39,6 +39,11 @@ SUNRGBD_CLASSES = (
 )
 
 
+def _rgb(value) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 3 and all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
+
+
 def _sun_palette(count: int) -> tuple[tuple[int, int, int], ...]:
     # a fixed, well-spread palette (bit-reversal, as in PASCAL VOC's colour map)
     colors = []
@@ -263,8 +268,16 @@ def read_folder_description(root: Path) -> tuple[DatasetMeta, str]:
         raise DataError(f"{path}: needs a non-empty 'classes' list of class names")
     names = tuple(str(c) for c in data["classes"])
     colors = data.get("colors") or [list(c) for c in _sun_palette(len(names))]
-    if len(colors) != len(names) or any(len(c) != 3 for c in colors):
-        raise DataError(f"{path}: 'colors' must hold one [R, G, B] per class ({len(names)})")
+    if not isinstance(colors, list) or len(colors) != len(names) or not all(_rgb(c) for c in colors):
+        shown = len(colors) if isinstance(colors, list) else type(colors).__name__
+        raise DataError(f"{path}: 'colors' must hold one [R, G, B] (integers 0-255) per class: {len(names)} classes, "
+                        f"{shown} colours given")
+    for key in ("ignore_index", "ignore_color"):
+        value = data.get(key)
+        if value is not None and not (_rgb(value) if key == "ignore_color" else
+                                      isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535):
+            raise DataError(f"{path}: {key!r} is {value!r}; it must be "
+                            + ("an [R, G, B] of integers 0-255" if key == "ignore_color" else "an integer 0-65535"))
     mask_format = data.get("mask_format", "index")
     if mask_format not in ("index", "color"):
         raise DataError(f"{path}: mask_format must be 'index' or 'color', not {mask_format!r}")
