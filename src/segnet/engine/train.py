@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -413,7 +414,7 @@ def _restore(state: TrainingState, checkpoint: dict, changes: dict) -> None:
 
 # ----------------------------------------------------------------------------- the loop
 def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
-          stop_at: float | None = None) -> dict:
+          stop_at: float | None = None, clock: Callable[[], float] = time.time) -> dict:
     """Train as ``config`` says, writing the run into ``out_dir``; returns a summary dict.
 
     ``resume=True`` continues from ``out_dir/last.pt`` (same configuration, same data
@@ -421,9 +422,10 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     be the run's own (``resume_config``), where only the ``RESUMABLE`` values may differ;
     what changed is recorded in config.json. A finished run can be extended by giving a
     larger ``epochs``. ``progress``: progress bars on a terminal or in a notebook; when
-    stderr is a log file or a pipe each epoch is one log line. ``stop_at`` (a ``time.time()``
-    value): the first epoch that ends after it is the last one, validated and saved as the
-    planned last epoch would be; the run can be continued with ``resume``.
+    stderr is a log file or a pipe each epoch is one log line. ``stop_at`` (a ``clock()``
+    value; ``clock`` is ``time.time`` unless a test injects one): the first epoch that ends
+    after it is the last one, validated and saved as the planned last epoch would be; the run
+    can be continued with ``resume``.
     """
     state = setup_training(config, out_dir, resume, progress)
     state.model.train()
@@ -432,7 +434,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
         row = train_one_epoch(state, epoch)
         # out of time (a budgeted run): this epoch is the last, validated and saved like the planned last one
         out_of_time = stop_at is not None and bool(_all_reduce(
-            torch.tensor(float(time.time() >= stop_at), device=state.device), state.world_size) > 0)
+            torch.tensor(float(clock() >= stop_at), device=state.device), state.world_size) > 0)
         metrics = validate_and_select(state, epoch, last=epoch + 1 == config.epochs or out_of_time)
         if metrics is not None:
             row.update({f"val_{k}": metrics[k] for k in ("global_accuracy", "mean_accuracy", "mean_iou")})

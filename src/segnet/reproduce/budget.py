@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import queue
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -336,16 +337,18 @@ def _run_config(run: PlannedRun, dataset: str, root: str | None, device: str, en
 
 
 def run_one(run: PlannedRun, out: Path, dataset: str, root: str | None, device: str, encoder_weights: str | None,
-            overrides: dict, stop_at: float | None, progress: bool = False) -> dict:
-    """Train (or resume) one planned run, test it, and write ``runs/NAME/result.json``."""
+            overrides: dict, stop_at: float | None, clock: Callable[[], float] = time.time,
+            progress: bool = False) -> dict:
+    """Train (or resume) one planned run, test it, and write ``runs/NAME/result.json``
+    (``stop_at``: when to stop training, a ``clock()`` value)."""
     run_dir = out / "runs" / run.name
     if (run_dir / "result.json").exists():
         return json.loads((run_dir / "result.json").read_text())
     config = resolve_config(run.recipe, _run_config(run, dataset, root, device, encoder_weights, overrides))
-    started = time.time()
+    started = clock()
     try:
         with _log_to(run_dir / "train.log"):  # the epochs' lines go to the run, not the console
-            train_or_resume(config, run_dir, progress=progress, stop_at=stop_at)
+            train_or_resume(config, run_dir, progress=progress, stop_at=stop_at, clock=clock)
     except TrainingError as error:
         row = {**failed_row(config, error, dataset, run.paper), "name": run.name, "tier": run.tier,
                "paper_note": run.paper_note}
@@ -355,7 +358,7 @@ def run_one(run: PlannedRun, out: Path, dataset: str, root: str | None, device: 
     row.update({"name": run.name, "tier": run.tier, "paper_note": run.paper_note,
                 "planned_epochs": run.epochs, "protocol_epochs": run.protocol_epochs,
                 "budget_limited": row["epochs"] < run.protocol_epochs,
-                "wall_seconds": round(time.time() - started, 1)})
+                "wall_seconds": round(clock() - started, 1)})
     write_json(run_dir / "result.json", row)
     return row
 
@@ -382,15 +385,21 @@ def reproduce_all(root: str | None, out_dir: str | os.PathLike, budget_seconds: 
                   device: str = "auto", encoder_weights: str | None = None, models: list[str] | None = None,
                   overrides: dict | None = None, side_by_side: int | str = "auto", min_epochs: int = 1,
                   benchmark: bool = True, measure_steps: int = 3, reserve_seconds: float | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, clock: Callable[[], float] = time.time,
+                  measure: Callable[..., dict] | None = None,
+                  measure_together: Callable[..., float] | None = None) -> dict:
     """Measure, plan, run and bundle the paper's runs within ``budget_seconds`` of wall time.
 
     Returns the summary written to ``OUT/plan.json``. Re-running with the same ``out_dir``
-    keeps the finished runs and resumes an interrupted one.
+    keeps the finished runs and resumes an interrupted one. ``clock`` (``time.time``),
+    ``measure`` (``measure_runs``) and ``measure_together`` (``measure_side_by_side``) are
+    what the plan is made from; tests give their own, so that no outcome depends on how
+    fast the machine is.
     """
     from .bundle import write_bundle
 
-    started = time.time()
+    measure = measure or measure_runs
+    started = clock()
     deadline = started + budget_seconds
     # writing the bundle and a margin for estimates that run long
     reserve = reserve_seconds if reserve_seconds is not None else max(5.0, 0.05 * budget_seconds)
@@ -407,23 +416,23 @@ def reproduce_all(root: str | None, out_dir: str | os.PathLike, budget_seconds: 
 
         load_vgg16_state_dict(encoder_weights or "imagenet")
     say(f"measuring {len(todo)} runs on {torch_device} ...")
-    measured = measure_runs(todo, dataset, root, torch_device, overrides, measure_steps, progress)
+    measured = measure(todo, dataset, root, torch_device, overrides, measure_steps, progress)
     small = [run for run in todo if run.tier == SIDE_BY_SIDE_TIER]
     processes, speedup = _side_by_side(small, side_by_side, torch_device, dataset, overrides, measured,
-                                       budget_seconds, say)
+                                       budget_seconds, say, measure_together or measure_side_by_side)
     for run in small:
         run.side_by_side = processes > 1
     if benchmark and not (out / "benchmark.json").exists():  # an earlier try's is kept
         say("benchmarking inference ...")
         _benchmark(runs, out, overrides, measured, torch_device, progress)
     summary = {"device": device_name(torch_device), "budget_seconds": budget_seconds,
-               "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)), "dataset": dataset,
+               "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "dataset": dataset,
                "measured": measured, "side_by_side": {"processes": processes, "speedup": speedup},
                "overrides": overrides, "runs": []}
 
     def replan(remaining: list[PlannedRun]) -> float:
         """Give the runs not yet done the time that is left; record the plan."""
-        available = deadline - reserve - time.time()
+        available = deadline - reserve - clock()
         plan_runs(remaining, available, min_epochs, speedup)
         summary["runs"] = [asdict(run) for run in runs]
         write_json(out / "plan.json", summary)
@@ -441,8 +450,8 @@ def reproduce_all(root: str | None, out_dir: str | os.PathLike, budget_seconds: 
     def job(run: PlannedRun, remaining: list[PlannedRun]) -> tuple:
         """``run_one``'s arguments, stopping in time to leave the ``remaining`` runs their epochs."""
         later = [r for r in remaining if r.epochs > 0 and not (r is run or (run.side_by_side and r.side_by_side))]
-        stop_at = stop_time(run, later, time.time(), deadline - reserve, min_epochs, speedup)
-        return run, out, dataset, root, device, encoder_weights, overrides, stop_at
+        stop_at = stop_time(run, later, clock(), deadline - reserve, min_epochs, speedup)
+        return run, out, dataset, root, device, encoder_weights, overrides, stop_at, clock
 
     _run_in_order([run for run in todo if run.epochs > 0], out, processes, job, replan, say)
     write_bundle(out)
@@ -477,7 +486,7 @@ def _run_in_order(todo: list[PlannedRun], out: Path, processes: int, job, replan
 
 
 def _side_by_side(small: list[PlannedRun], side_by_side: int | str, device: torch.device, dataset: str,
-                  overrides: dict, measured: dict, budget_seconds: float, say) -> tuple[int, float]:
+                  overrides: dict, measured: dict, budget_seconds: float, say, measure_together) -> tuple[int, float]:
     """``(processes, throughput speed-up)`` for the small runs: several on one GPU when that
     was measured to pay (``auto``), or as many as ``side_by_side`` says."""
     if not small or side_by_side == 1:
@@ -489,8 +498,8 @@ def _side_by_side(small: list[PlannedRun], side_by_side: int | str, device: torc
         return 1, 1.0
     config = resolve_config(small[0].recipe, {**overrides, "model": small[0].model, "dataset": dataset})
     shape = _train_shape(config, tuple(measured["frame"]))
-    speedup = measure_side_by_side(small[0].model, measured["num_classes"], config.batch_size, shape, device,
-                                   processes, seconds=min(10.0, max(1.0, budget_seconds / 200)))
+    speedup = measure_together(small[0].model, measured["num_classes"], config.batch_size, shape, device,
+                               processes, seconds=min(10.0, max(1.0, budget_seconds / 200)))
     say(f"  {processes} small models side by side: {speedup:.2f}x the throughput of one")
     if side_by_side == "auto" and speedup < 1.1:
         return 1, 1.0

@@ -8,6 +8,8 @@ every table it writes; it is never presented as the paper's protocol.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -74,14 +76,15 @@ def reproduce(target: str, root: str | None, out_dir: str | os.PathLike, models:
     return rows
 
 
-def train_or_resume(config, run_dir: Path, progress: bool = True, stop_at: float | None = None) -> None:
+def train_or_resume(config, run_dir: Path, progress: bool = True, stop_at: float | None = None,
+                    clock: Callable[[], float] = time.time) -> None:
     """Train ``config`` in ``run_dir``; continue it there if it was interrupted (or planned
-    longer now); leave a finished run alone."""
+    longer now); leave a finished run alone. ``stop_at``: a ``clock()`` value (``train``)."""
     if not (run_dir / "last.pt").exists():
-        train(config, run_dir, progress=progress, stop_at=stop_at)
+        train(config, run_dir, progress=progress, stop_at=stop_at, clock=clock)
     elif load_checkpoint(run_dir / "last.pt")["epoch"] < config.epochs:  # interrupted, or extended
         resumed = resume_config(run_dir, {"epochs": config.epochs, "device": config.device})
-        train(resumed, run_dir, resume=True, progress=progress, stop_at=stop_at)
+        train(resumed, run_dir, resume=True, progress=progress, stop_at=stop_at, clock=clock)
 
 
 def failed_row(config, error: Exception, dataset: str, paper) -> dict:
