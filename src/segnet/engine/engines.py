@@ -29,7 +29,8 @@ from .precision import cpu_description, resolve_amp
 
 ENGINES = ("auto", "eager", "compile", "onnxruntime", "int8")
 # torch.compile pays only when the images to segment outweigh its start-up: on a 2-core AMX
-# Xeon it saved 0.11 s per SegNet image and cost 24 s to compile (docs/performance.md)
+# Xeon it saved 33 ms per SegNet image and took 9.2 s to compile cold, 4.0 s with inductor's
+# cache warm, so it repays itself after 120 to 280 images (docs/performance.md)
 COMPILE_PAYS_AFTER = 200
 
 
