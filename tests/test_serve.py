@@ -46,10 +46,7 @@ class Server:
 
     def __enter__(self) -> Server:
         self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "the server did not start"
-            time.sleep(0.05)
+        _wait_until(lambda: self.server.started, "the server's start")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -138,6 +135,13 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(tmp_path, name
         assert post_image(server.url, _png_bytes())[0] == 200  # still serving
 
 
+def _wait_until(condition, what: str = "the condition") -> None:
+    give_up = time.monotonic() + 60  # a guard against a hang, not a speed check
+    while not condition():
+        assert time.monotonic() < give_up, f"hung: {what} never held"
+        time.sleep(0.01)
+
+
 def test_a_burst_of_concurrent_requests_is_batched_and_all_answered(tmp_path):
     with Server(_app(tmp_path, max_batch=8, max_wait_ms=300)) as server:
         images = [_png_bytes(48, 64, seed) for seed in range(12)]
@@ -155,24 +159,47 @@ def test_a_burst_of_concurrent_requests_is_batched_and_all_answered(tmp_path):
 
 def test_a_full_queue_answers_503_with_retry_after(tmp_path):
     app = _app(tmp_path, max_batch=1, max_wait_ms=0, max_queue=1)
-    release = threading.Event()
+    taken, release = threading.Event(), threading.Event()
     real = app.state.batcher.run_batch
 
     def slow(images):
-        release.wait(30)
+        taken.set()
+        release.wait(60)
         return real(images)
 
     app.state.batcher.run_batch = slow
     with Server(app) as server, ThreadPoolExecutor(2) as pool:
-        first = pool.submit(post_image, server.url, _png_bytes(seed=1))  # taken by the worker, held
-        time.sleep(0.5)
-        second = pool.submit(post_image, server.url, _png_bytes(seed=2))  # waits in the queue
-        time.sleep(0.5)
+        first = pool.submit(post_image, server.url, _png_bytes(seed=1))
+        assert taken.wait(60), "the worker never took the first image"  # now held by the worker
+        second = pool.submit(post_image, server.url, _png_bytes(seed=2))
+        _wait_until(lambda: app.state.batcher.waiting == 1)  # the second waits in the queue
         status, headers, body = post_image(server.url, _png_bytes(seed=3))
         release.set()
         assert status == 503 and headers.get("retry-after", headers.get("Retry-After")) == "1"
         assert "busy" in json.loads(body)["error"]
         assert first.result()[0] == 200 and second.result()[0] == 200
+
+
+def test_a_compiled_engine_is_compiled_before_the_first_request(tmp_path, monkeypatch):
+    from segnet.engine.inference import LoadedModel
+    from segnet.models import create_model
+    from segnet.serve import create_app
+
+    loaded = LoadedModel(create_model("segnet_basic", SYNTHETIC_META.num_classes).eval(), SYNTHETIC_META, RAW, (32, 48),
+                         "test", "segnet_basic", trained=False)
+    loaded.prepare(engine="compile")
+    warmed = []
+    monkeypatch.setattr(loaded, "segment_batch", lambda images, *rest: warmed.append(
+        [tuple(image.shape) for image in images]))
+    create_app(loaded, max_batch=8)
+    assert warmed == [[(3, 32, 48)], [(3, 32, 48)] * 2]  # one image, then a batch: both graphs before serving
+    warmed.clear()
+    create_app(loaded, max_batch=1)
+    assert warmed == [[(3, 32, 48)]]
+    loaded.prepare(engine="eager")
+    warmed.clear()
+    create_app(loaded)
+    assert warmed == []  # nothing to compile: no start-up cost
 
 
 def test_batcher_groups_by_size_and_refuses_beyond_its_queue():
@@ -184,10 +211,12 @@ def test_batcher_groups_by_size_and_refuses_beyond_its_queue():
         calls.append([tuple(i.shape) for i in images])
         return [int(i.sum()) for i in images]
 
-    batcher = DynamicBatcher(run, max_batch=4, max_wait_s=0.2, max_queue=3)
+    # a batch is full at 3 images, and the worker waits up to 10 s to fill one: these 3 are one
+    # batch however slowly this thread submits them
+    batcher = DynamicBatcher(run, max_batch=3, max_wait_s=10, max_queue=3)
     images = [torch.ones(3, 4, 4), torch.ones(3, 4, 4) * 2, torch.ones(3, 5, 5)]
     futures = [batcher.submit(image) for image in images]
-    time.sleep(0.3)  # the worker holds a batch; the queue is empty again
+    _wait_until(lambda: batcher.waiting == 0)  # the worker holds the batch; the queue is empty again
     more = [batcher.submit(torch.zeros(3, 4, 4)) for _ in range(3)]
     with pytest.raises(QueueFull):
         batcher.submit(torch.zeros(3, 4, 4))
