@@ -262,10 +262,8 @@ def _runner(model: nn.Module, variant: str, device: torch.device):
         return None
     if variant in ("default", "compile", "onnxruntime", "int8"):
         network, runtime = build_engine(model.to(device), "auto" if variant == "default" else variant, "auto", device)
-        engine_precision = "bf16" if runtime["precision"] == "bf16" else "off"
-
-        def run(x):
-            with torch.inference_mode(), autocast(engine_precision, device):
+        def run(x):  # the engine's network runs in its own precision
+            with torch.inference_mode():
                 return network(x)
         run.runtime = runtime
         return run

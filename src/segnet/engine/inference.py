@@ -68,13 +68,14 @@ class LoadedModel:
         self.runtime["requested"] = {"engine": self.engine, "amp": amp}
         return self
 
-    def ready(self, amp: str = "auto", images: int | None = None) -> tuple[nn.Module, str]:
-        """The prepared network and its autocast precision (``"bf16"`` or ``"off"``), prepared
-        now (for ``images`` images, None: open-ended) if it is not yet, or if ``amp`` asks for
-        another precision than the one prepared."""
+    def ready(self, amp: str = "auto", images: int | None = None) -> nn.Module:
+        """The prepared network, prepared now (for ``images`` images, None: open-ended) if it
+        is not yet, or if ``amp`` asks for another precision than the one prepared. It takes
+        fp32 images and runs in its own precision (``runtime["precision"]``): call it without
+        autocast."""
         if self.network is None or self.runtime["requested"]["amp"] != amp:
             self.prepare(amp=amp, images=images)
-        return self.network, "bf16" if self.runtime["precision"] == "bf16" else "off"
+        return self.network
 
     def folded(self) -> LoadedModel:
         """A copy with batch norm folded into the convolutions (for inference and export)."""
@@ -100,8 +101,8 @@ class LoadedModel:
         input size; ``options``: its keyword arguments, e.g. ``bf_mode="exact"``)."""
         from .evaluate import evaluate
 
-        network, precision = self.ready(options.pop("amp", "auto"), len(dataset))
-        result = evaluate(network, dataset, self.normalization, input_size=self.input_size, amp=precision, **options)
+        network = self.ready(options.pop("amp", "auto"), len(dataset))
+        result = evaluate(network, dataset, self.normalization, input_size=self.input_size, amp="off", **options)
         result.metrics["runtime"].update(engine=self.runtime["engine"], precision=self.runtime["precision"])
         return result
 
@@ -123,9 +124,9 @@ class LoadedModel:
     def predict_logits(self, images: torch.Tensor, amp: str = "auto") -> torch.Tensor:
         """uint8 ``(N, 3, H, W)`` -> fp32 logits ``(N, K, H, W)`` at the images' size, by the
         prepared engine (``prepare``; the default, auto, on first use)."""
-        network, precision = self.ready(amp, len(images))
+        network = self.ready(amp, len(images))
         with torch.inference_mode():
-            return predict_logits(network, images.to(self.device), self.normalization, self.input_size, precision)
+            return predict_logits(network, images.to(self.device), self.normalization, self.input_size)
 
     def segment(self, image, amp: str = "auto") -> torch.Tensor:
         """One image (uint8 tensor ``(3, H, W)``, PIL image or path) -> ``(H, W)`` class ids on the CPU.
