@@ -17,11 +17,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/segnet demo
 
+# one pytest-xdist worker per core, at most 4, each with one torch thread (tests/conftest.py);
+# worksteal keeps both cores busy to the end when a long test comes last
+XDIST := -n auto --maxprocesses 4 --dist worksteal
+
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q $(XDIST) --durations=15
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(XDIST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

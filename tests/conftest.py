@@ -15,6 +15,12 @@ CAMVID_ROOT = Path(os.environ.get("SEGNET_CAMVID", SHARED / "data" / "CamVid"))
 VGG16_WEIGHTS = Path(os.environ.get("SEGNET_VGG16_WEIGHTS", SHARED / "weights" / "vgg16_imagenet_features.pth"))
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core (make test): one torch thread each, so that the
+    # workers share the cores instead of fighting over them
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
@@ -32,3 +38,16 @@ def vgg16_weights() -> Path:
     if not VGG16_WEIGHTS.is_file():
         pytest.skip(f"VGG16 weights not found at {VGG16_WEIGHTS} (set SEGNET_VGG16_WEIGHTS or SEGNET_SHARED)")
     return VGG16_WEIGHTS
+
+
+# The comparison networks cost 4 to 9 times SegNet-Basic's compute: a per-model check of
+# theirs (a test parametrized over models) runs in `make test`, and `make test-fast` keeps
+# that check for the SegNet models only.
+HEAVY_MODELS = {"fcn8s", "fcn_bilinear", "deconvnet", "deeplab_largefov"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if HEAVY_MODELS & {value for value in params.values() if isinstance(value, str)}:
+            item.add_marker(pytest.mark.slow)

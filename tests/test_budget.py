@@ -241,6 +241,7 @@ def test_small_models_train_side_by_side_in_their_own_processes(tmp_path, monkey
     assert [row["epochs"] for row in rows] == [2, 2] and not any(row["budget_limited"] for row in rows), rows
 
 
+@pytest.mark.slow
 def test_a_run_that_overruns_stops_in_time_for_the_next_one(tmp_path, monkeypatch):
     from segnet.engine.recipes import RECIPES
 
@@ -279,6 +280,7 @@ def test_cli_reproduce_all_and_import_refuse_what_is_missing(tmp_path, capsys):
     assert "no table.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_reproduce_table3_trains_and_tests_a_rival_with_the_paper_recipe(tmp_path):
     from segnet.reproduce.paper import reproduce
 

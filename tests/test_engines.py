@@ -60,6 +60,7 @@ def street():
     return torch.stack([dataset.load(i)[0] for i in range(2)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine, agreement", [("eager", 0.999), ("onnxruntime", 0.999), ("int8", 0.95)])
 def test_each_engine_labels_like_plain_eager(engine, agreement, street):
     """The shipped model, plain fp32 (BN unfolded, contiguous) against each engine in fp32."""
@@ -74,6 +75,7 @@ def test_each_engine_labels_like_plain_eager(engine, agreement, street):
     assert (labels == plain).float().mean() >= agreement
 
 
+@pytest.mark.slow
 def test_the_bf16_engine_labels_like_plain_fp32_as_bf16_autocast_does(street):
     """Weights in bf16 without autocast (the default where the CPU has bf16) against plain
     fp32: bf16 rounding flips the labels of near-ties only. Measured on these scenes: 98.9%
@@ -100,6 +102,7 @@ def test_every_model_runs_in_the_bf16_engine(name):
     assert runtime["precision"] == "bf16" and logits.shape[-2:] == (64, 96) and torch.isfinite(logits).all()
 
 
+@pytest.mark.slow
 def test_compile_labels_like_eager(images):
     torch.manual_seed(0)
     loaded = load_model(model="segnet_basic")

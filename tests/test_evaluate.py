@@ -158,6 +158,7 @@ def test_cli_evaluate_checkpoint_and_errors(tmp_path, capsys):
     assert "--checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_camvid_untrained_end_to_end(camvid_root, tmp_path):
     """The whole path on real CamVid data: full-size test images, exact BF (a few images keep it short)."""
     from segnet.data import build_dataset

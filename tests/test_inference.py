@@ -101,6 +101,7 @@ def test_cli_predict_exit_status(tmp_path, capsys):
     assert "missing.png" in captured.err and "1 image(s) segmented, 1 failed" in captured.out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,index_free", [("segnet_basic", False), ("segnet_basic", True), ("segnet", False)])
 def test_onnx_export_matches_pytorch(tmp_path, name, index_free):
     pytest.importorskip("onnxruntime")
@@ -136,6 +137,7 @@ def test_parity_check_catches_a_real_difference():
     assert not parity_ok(compare_outputs(reference, shifted))
 
 
+@pytest.mark.slow
 def test_benchmark_reports_every_column(tmp_path):
     from segnet.benchmark import count_flops, markdown_table, run_benchmark, write_benchmark
 
@@ -181,6 +183,7 @@ def test_training_benchmark_times_whole_frames_and_crops(tmp_path, capsys):
     assert "Device: " in (tmp_path / "train.md").read_text()
 
 
+@pytest.mark.slow
 def test_int8_quantization_runs_and_stays_close(tmp_path):
     pytest.importorskip("onnxruntime")
     import onnx
@@ -246,6 +249,7 @@ def test_benchmark_tables_read_well_on_a_gpu():
     assert "| segnet | 362 |" in markdown_table(gpu)
 
 
+@pytest.mark.slow
 def test_load_model_is_one_way_in_for_paths_shipped_names_and_untrained_models(tmp_path):
     from segnet.engine import load_model
     from segnet.pretrained import pretrained_path

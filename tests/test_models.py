@@ -150,6 +150,7 @@ def test_mc_dropout_restores_mode_and_rejects_deterministic_models():
 
 # --- the paper's comparison networks ---------------------------------------------------
 
+@pytest.mark.slow
 def test_comparison_networks_follow_their_papers():
     from segnet.models.comparison import FCN, DeconvNet, DeepLabLargeFOV
 

@@ -67,6 +67,7 @@ def test_slim_checkpoint_keeps_inference_entries_only(tmp_path):
     assert not (tmp_path / "other.pt").exists()
 
 
+@pytest.mark.slow
 def test_shipped_model_scores_on_real_camvid(camvid_root):
     _loaded = load_model(pretrained_path())
     model, normalization = _loaded.model, _loaded.normalization
@@ -78,6 +79,7 @@ def test_shipped_model_scores_on_real_camvid(camvid_root):
     assert result.metrics["mean_iou"] > FLOOR_MEAN_IOU
 
 
+@pytest.mark.slow
 def test_shipped_model_exports_to_onnx(tmp_path, capsys):
     # A trained model is checked on inputs in its own normalisation (0-255 here): on [0, 1]
     # inputs this one is ill-conditioned and the parity check would fail for a correct export.

@@ -96,6 +96,7 @@ def get_json(url: str) -> dict:
         return json.loads(response.read())
 
 
+@pytest.mark.slow
 def test_segment_answers_with_label_map_overlay_shares_and_timings(tmp_path):
     with Server(_app(tmp_path)) as server:
         assert get_json(f"{server.url}/health")["status"] == "ok"
@@ -120,6 +121,13 @@ def test_segment_answers_with_label_map_overlay_shares_and_timings(tmp_path):
         assert np.array_equal(np.array(Image.open(io.BytesIO(body))), labels)  # same image, same answer
 
 
+@pytest.fixture(scope="module")
+def limited_server(tmp_path_factory):
+    """One server with a 0.2 MB upload limit for all the bad uploads (each must leave it serving)."""
+    with Server(_app(tmp_path_factory.mktemp("limited"), max_upload_mb=0.2)) as server:
+        yield server
+
+
 @pytest.mark.parametrize("name,data,status,needle", [
     ("notes.txt", b"plain text, not an image\n", 415, "not an image"),
     ("cut.png", _png_bytes()[:120], 400, "truncated"),
@@ -127,12 +135,11 @@ def test_segment_answers_with_label_map_overlay_shares_and_timings(tmp_path):
     ("empty.png", b"", 400, "empty"),
     ("big.png", _png_bytes(400, 400), 413, "limit"),
 ])
-def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(tmp_path, name, data, status, needle):
-    with Server(_app(tmp_path, max_upload_mb=0.2)) as server:
-        code, _, body = post_image(server.url, data, name=name)
-        answer = json.loads(body)
-        assert code == status and answer["status"] == status and needle in answer["error"]
-        assert post_image(server.url, _png_bytes())[0] == 200  # still serving
+def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(limited_server, name, data, status, needle):
+    code, _, body = post_image(limited_server.url, data, name=name)
+    answer = json.loads(body)
+    assert code == status and answer["status"] == status and needle in answer["error"]
+    assert post_image(limited_server.url, _png_bytes())[0] == 200  # still serving
 
 
 def _wait_until(condition, what: str = "the condition") -> None:
@@ -142,6 +149,7 @@ def _wait_until(condition, what: str = "the condition") -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_a_burst_of_concurrent_requests_is_batched_and_all_answered(tmp_path):
     with Server(_app(tmp_path, max_batch=8, max_wait_ms=300)) as server:
         images = [_png_bytes(48, 64, seed) for seed in range(12)]

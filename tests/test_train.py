@@ -227,12 +227,13 @@ def test_cli_train_errors(tmp_path, capsys):
     assert "no such run folder to --resume" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_demo_wiring(tmp_path, monkeypatch, capsys):
     import segnet.reproduce.demo as demo
 
+    # the demo's steps, shortened: one epoch, no BN pass
     monkeypatch.setitem(demo.DEMO_OVERRIDES, "epochs", 1)
     monkeypatch.setitem(demo.DEMO_OVERRIDES, "val_every", 1)
+    monkeypatch.setitem(demo.DEMO_OVERRIDES, "bn_recompute", False)
     camvid = CAMVID_ROOT.is_dir()
     monkeypatch.setenv("SEGNET_CAMVID", str(CAMVID_ROOT if camvid else tmp_path / "no-camvid"))
     assert main(["demo", "--out", str(tmp_path)]) == 0
@@ -331,6 +332,7 @@ def test_resume_extends_finished_runs_exactly_with_crops_and_recorded_changes(tm
     assert main(["train", "--out", str(extended), "--resume", "--batch-size", "8", "--epochs", "3"]) == 0
 
 
+@pytest.mark.slow
 def test_init_from_loads_weights_and_reinitialises_only_a_resized_classifier(tmp_path, capsys):
     from segnet.engine.train import load_initial_weights
     from segnet.models import create_model
