@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from segnet.cli import main
-from segnet.reproduce.budget import (PlannedRun, measure_side_by_side, parse_budget, plan_runs, priority_runs,
-                                  reproduce_all, stop_time)
+from segnet.reproduce.budget import (PlannedRun, in_child, measure_side_by_side, parse_budget, plan_runs,
+                                     priority_runs, reproduce_all, stop_time)
 from segnet.reproduce.bundle import BUNDLE_FILES, gpu_targets, import_bundle
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
@@ -254,8 +254,45 @@ def test_a_run_that_overruns_stops_in_time_for_the_next_one(tmp_path, monkeypatc
     rows = {row["name"]: row for row in json.loads((out / "bundle" / "table.json").read_text())["rows"]}
     assert rows["segnet_basic"]["planned_epochs"] == 3 and rows["segnet_basic"]["epochs"] == 1
     assert rows["segnet_basic"]["budget_limited"] and "ours" in rows["segnet_basic"]
-    assert "stopped after epoch 1 of 3" in (out / "runs" / "segnet_basic" / "train.log").read_text()
+    assert len((out / "runs" / "segnet_basic" / "metrics.csv").read_text().splitlines()) == 2  # header, epoch 1
     assert "ours" in rows["fcn_basic"] and rows["fcn_basic"]["epochs"] >= 1
+
+
+def _abort() -> None:
+    os.abort()  # what glibc does on a corrupted heap, as oneDNN's bf16 kernels did on AMX
+
+
+def _out_of_memory() -> None:
+    raise MemoryError("no room for the batch")
+
+
+@pytest.mark.slow
+def test_a_measurement_that_crashes_its_process_is_reported_not_fatal():
+    with pytest.raises(RuntimeError, match=r"the process died: signal 6 \(SIGABRT\)"):
+        in_child(_abort)
+    with pytest.raises(RuntimeError, match="MemoryError: no room for the batch"):
+        in_child(_out_of_memory)
+
+
+def test_a_model_that_cannot_be_measured_costs_its_row_only(tmp_path, monkeypatch, capsys):
+    from segnet.engine.recipes import RECIPES
+
+    monkeypatch.setitem(RECIPES["paper-basic"], "epochs", 2)
+    costs = fixed_costs()
+
+    def measure(runs, *args):
+        measured = costs(runs, *args)
+        runs[1].failed = "measuring fcn_basic failed: the process died: signal 6 (SIGABRT)"
+        return measured
+    out = tmp_path / "all"
+    reproduce_all(None, out, 600, dataset="synthetic", device="cpu", models=["segnet_basic", "fcn_basic"],
+                  overrides=TINY, benchmark=False, progress=True, clock=Clock(), measure=measure)
+    assert "fcn_basic" in capsys.readouterr().out.split("not run: measuring fcn_basic failed")[0]  # in the plan
+    rows = {row["name"]: row for row in json.loads((out / "bundle" / "table.json").read_text())["rows"]}
+    assert "ours" in rows["segnet_basic"] and rows["segnet_basic"]["epochs"] == 2
+    assert "SIGABRT" in rows["fcn_basic"]["failed"] and "ours" not in rows["fcn_basic"]
+    assert not (out / "runs" / "fcn_basic" / "last.pt").exists()  # never trained
+    assert "SIGABRT" in (out / "bundle" / "table.md").read_text()
 
 
 def test_gpu_targets_read_the_segnet_row():

@@ -76,3 +76,41 @@ def test_shared_camvid_follows_one_rule(tmp_path, monkeypatch):
     assert shared_camvid() == tmp_path / "data" / "CamVid"
     monkeypatch.setenv("SEGNET_CAMVID", str(tmp_path / "nowhere"))
     assert shared_camvid() is None  # SEGNET_CAMVID wins, and it holds no test folder
+
+
+AMX = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]
+
+
+@pytest.mark.parametrize("flags, precision, device, changed", [
+    (AMX, "bf16", "cpu", ["score_fr", "score_pool4", "score_pool3"]),  # the 11-channel score layers
+    (AMX, "off", "cpu", []),  # fp32 never reached the broken kernel
+    (["avx2", "avx512f", "avx512_vnni", "avx512_bf16"], "bf16", "cpu", []),  # no AMX: nothing to avoid
+    (AMX, "bf16", "cuda", []),
+])
+def test_the_amx_bias_workaround_is_keyed_on_the_cpu_flags(flags, precision, device, changed):
+    from segnet.engine.precision import avoid_amx_bias_crash
+
+    model = create_model("fcn8s", 11, fc_channels=64).eval()  # narrow fc layers: the same layer names, quicker
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        before, keys = model(x), list(model.state_dict())
+    assert avoid_amx_bias_crash(model, precision, device, flags=flags) == changed
+    with torch.no_grad():
+        after = model(x)
+    assert list(model.state_dict()) == keys  # checkpoints do not change
+    assert torch.allclose(before, after, atol=1e-5)  # the same sum, added in another place
+
+
+def test_training_records_the_amx_workaround(tmp_path, monkeypatch):
+    import json
+
+    from segnet.engine.train import train
+
+    monkeypatch.setattr("segnet.engine.precision.cpu_description", lambda: {"model": "fake AMX Xeon", "flags": AMX})
+    config = resolve_config("paper-basic", {"dataset": "synthetic", "model": "segnet_basic", "size": [32, 48],
+                                            "epochs": 1, "batch_size": 48, "amp": "bf16", "device": "cpu",
+                                            "bn_recompute": False})
+    train(config, tmp_path, progress=False)
+    runtime = json.loads((tmp_path / "config.json").read_text())["runtime"]
+    assert runtime["amx_bias_after_convolution"] == ["classifier"]
+    assert load_model(tmp_path / "best.pt").model.classifier.__class__ is torch.nn.Conv2d  # a plain model again

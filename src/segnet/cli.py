@@ -885,8 +885,9 @@ def describe_error(error: BaseException) -> tuple[str, int]:
     operating-system errors get their path, the reason and a remedy; anything else is a bug.
     """
     from .engine.train import TrainingError
+    from .export.onnx import ParityError
 
-    if isinstance(error, TrainingError):
+    if isinstance(error, (TrainingError, ParityError)):  # the work was done and failed its own check
         return str(error), EXIT_FAILED
     if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in OPTIONAL_MODULES:
         extra = OPTIONAL_MODULES[error.name.split(".")[0]]

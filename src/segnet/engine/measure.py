@@ -12,7 +12,7 @@ import time
 import torch
 
 from ..models import create_model
-from .precision import autocast, cpu_description, resolve_amp
+from .precision import autocast, avoid_amx_bias_crash, cpu_description, resolve_amp
 from .train import train_step
 
 
@@ -42,13 +42,14 @@ def training_step(model_name: str, num_classes: int, batch: int, shape: tuple[in
     fresh model on a random batch."""
     torch.manual_seed(0)
     model = create_model(model_name, num_classes).to(device).train()
+    precision = resolve_amp(amp, device)
+    avoid_amx_bias_crash(model, precision, device)  # as training does
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     images = torch.randn(batch, 3, *shape, device=device)
     labels = torch.randint(0, num_classes, (batch, *shape), device=device)
     weights = torch.ones(num_classes, device=device)
-    precision = resolve_amp(amp, device)
 
     def step() -> None:
         train_step(model, images, labels, weights, -1, "valid_pixels", 1, 1, lambda: autocast(precision, device),

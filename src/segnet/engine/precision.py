@@ -13,6 +13,7 @@ from contextlib import nullcontext
 from functools import lru_cache
 
 import torch
+from torch import nn
 
 AMP_CHOICES = ("auto", "bf16", "off")
 # CPU instruction-set extensions that decide bf16/int8 speed; recorded with every measurement
@@ -102,3 +103,33 @@ def precision_record(precision: str, device: str | torch.device) -> dict:
         record["cpu"] = cpu_description()
         record["threads"] = torch.get_num_threads()
     return record
+
+
+class _BiasAfterConv2d(nn.Conv2d):
+    """A Conv2d that adds its bias after the convolution instead of inside it: the same
+    parameters and state dict, the same sum up to rounding."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        out = super()._conv_forward(input, weight, None)
+        return out if bias is None else out + bias.to(out.dtype).view(1, -1, 1, 1)
+
+
+def avoid_amx_bias_crash(model: nn.Module, precision: str, device: str | torch.device,
+                         flags: list[str] | None = None) -> list[str]:
+    """Work around a heap corruption in bf16 training on AMX CPUs; returns the layers changed.
+
+    oneDNN's bf16 backward of a convolution with a bias, many input channels and an output
+    channel count that is not a multiple of 16 corrupts memory on AMX (torch 2.14.1; FCN's
+    4096 -> 11 score layer kills the process in 2 runs of 3; docs/amx-bf16-conv-bias-crash.md).
+    On such a CPU (``flags``: its flags, default this machine's), in bf16, every such
+    convolution adds its bias itself, which never reaches that kernel."""
+    if precision != "bf16" or torch.device(device).type != "cpu":
+        return []
+    if "amx_bf16" not in (cpu_description()["flags"] if flags is None else flags):
+        return []
+    changed = []
+    for name, module in model.named_modules():
+        if type(module) is nn.Conv2d and module.bias is not None and module.out_channels % 16:
+            module.__class__ = _BiasAfterConv2d
+            changed.append(name)
+    return changed

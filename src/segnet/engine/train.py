@@ -37,7 +37,7 @@ from ..models import create_model, model_info
 from ..progress import bar_disabled
 from .checkpoint import load_checkpoint, save_checkpoint, unwrap
 from .precision import autocast as autocast_context
-from .precision import check_device, precision_record, resolve_amp
+from .precision import avoid_amx_bias_crash, check_device, precision_record, resolve_amp
 from .recipes import RESUMABLE, TrainConfig, check_config
 
 log = logging.getLogger("segnet")
@@ -345,9 +345,12 @@ def setup_training(config: TrainConfig, out_dir: str | os.PathLike, resume: bool
     # from the stored labels at full size; cached in the run (a resume does not recount)
     balancing = compute_class_weights(build_dataset(config.dataset, config.root, config.train_split),
                                       config.class_balancing, cache=out / "class_weights.json", progress=False)
-    model, step_model, optimizer = _placed_model_and_optimizer(config, model, device, world_size)
     precision = resolve_amp(config.amp, device)
     runtime = precision_record(precision, device)
+    workaround = avoid_amx_bias_crash(model, precision, device)
+    if workaround:  # recorded: the run's arithmetic differs from other machines' by rounding there
+        runtime["amx_bias_after_convolution"] = workaround
+    model, step_model, optimizer = _placed_model_and_optimizer(config, model, device, world_size)
     state = TrainingState(config, out, rank, world_size, device, per_rank, model, step_model, optimizer, loader,
                           val_images, val_labels, meta, normalization,
                           torch.tensor(balancing["weights"], dtype=torch.float32, device=device), precision, runtime,

@@ -62,6 +62,24 @@ def parity_ok(numbers: dict) -> bool:
     return numbers["values_off_fraction"] <= MAX_OFF_FRACTION and numbers["label_agreement"] >= MIN_LABEL_AGREEMENT
 
 
+def _export(prepared: torch.nn.Module, sample: torch.Tensor, path: Path, floor: int, levels: int) -> int:
+    """Export with dynamic batch, height and width from ``floor`` up; returns the floor used.
+    Some networks trace to guards a little above the pooling floor (FCN-8s's transposed
+    convolutions need 32 pixels, ``2 ** levels``); they are exported from that size up."""
+    lows = [floor] if floor >= 2 ** levels else [floor, 2 ** levels]
+    for attempt, low in enumerate(lows, 1):
+        dims = {0: torch.export.Dim("batch", min=1, max=4096), 2: torch.export.Dim("height", min=low, max=8192),
+                3: torch.export.Dim("width", min=low, max=8192)}
+        try:
+            torch.onnx.export(prepared, (sample,), path, dynamo=True, input_names=["image"], output_names=["logits"],
+                              dynamic_shapes={"x": dims}, external_data=False)
+            break
+        except Exception:  # noqa: BLE001 -- torch.export's constraint errors share no type
+            if attempt == len(lows):
+                raise
+    return low
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -100,11 +118,12 @@ def export_onnx(
         return normalize(pixels, normalization["mean"], normalization["std"])
 
     sample = random_images(1, 3, *sizes[0])
-    dims = {0: torch.export.Dim("batch", min=1, max=4096), 2: torch.export.Dim("height", min=floor, max=8192),
-            3: torch.export.Dim("width", min=floor, max=8192)}
     with atomic_path(path) as tmp:
-        torch.onnx.export(prepared, (sample,), tmp, dynamo=True, input_names=["image"], output_names=["logits"],
-                          dynamic_shapes={"x": dims}, external_data=False)
+        floor = _export(prepared, sample, tmp, floor, getattr(model, "pool_levels", 5))
+        too_small = [f"{h}x{w}" for h, w in sizes if min(h, w) < floor]
+        if too_small:
+            raise ValueError(f"{type(model).__name__} exports for inputs of at least {floor}x{floor}; check size "
+                             f"{', '.join(too_small)} is below that; give --check-sizes of at least {floor}")
         proto = onnx.load(str(tmp))
         for key, value in {**(metadata or {}), "index_free": index_free, "batchnorm_folded": True,
                                   "min_input_size": [floor, floor], "max_input_size": [8192, 8192]}.items():
@@ -117,7 +136,12 @@ def export_onnx(
             x = random_images(batch, 3, height, width)
             with torch.inference_mode():
                 reference = model.eval()(x).numpy()
-            candidate = session.run(None, {"image": x.numpy()})[0]
+            try:
+                candidate = session.run(None, {"image": x.numpy()})[0]
+            except Exception as error:  # noqa: BLE001 -- onnxruntime's errors share no useful type
+                raise ParityError(f"onnxruntime cannot run the exported {type(model).__name__} at input "
+                                  f"{tuple(x.shape)} ({str(error).strip().splitlines()[0][:300]}); export it with "
+                                  "--check-sizes at the size it will run at") from None
             numbers = {"shape": [batch, 3, height, width], **compare_outputs(reference, candidate)}
             checks.append(numbers)
             if candidate.shape != reference.shape or not parity_ok(numbers):

@@ -27,6 +27,7 @@ import math
 import multiprocessing
 import os
 import queue
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -75,6 +76,7 @@ class PlannedRun:
     epochs: int = 0  # planned (0: not run)
     side_by_side: bool = False
     kept: bool = False  # finished by an earlier try in the same folder
+    failed: str = ""  # why it could not be measured (then it is not run)
 
     def epoch_seconds(self) -> float:
         return self.train_images / self.train_images_per_s
@@ -273,9 +275,50 @@ def measure_saving(model_name: str, num_classes: int) -> float:
         return time.perf_counter() - start
 
 
+def _call_and_send(send, function, args) -> None:
+    try:
+        send.send((True, function(*args)))
+    except Exception as error:  # noqa: BLE001 -- reported to the parent, which names the model
+        send.send((False, f"{type(error).__name__}: {error}"))
+
+
+def in_child(function, *args):
+    """``function(*args)`` in a fresh process, so that a crash there (an abort or a segfault,
+    as oneDNN's bf16 kernels have done on AMX CPUs) costs that call, not this process.
+    RuntimeError says how it failed or how the process died."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_call_and_send, args=(send, function, args))
+    process.start()
+    send.close()
+    try:
+        ok, value = receive.recv()
+    except EOFError:  # died without an answer
+        process.join()
+        code = process.exitcode
+        how = f"signal {-code} ({signal.Signals(-code).name})" if code and code < 0 else f"exit code {code}"
+        raise RuntimeError(f"the process died: {how}") from None
+    finally:
+        receive.close()
+    process.join()
+    if not ok:
+        raise RuntimeError(value)
+    return value
+
+
+def _measure_model(model_name: str, num_classes: int, batch: int, shape: tuple[int, int], evaluated: tuple[int, int],
+                   device: str, steps: int, amp: str, channels_last: bool, threads: int) -> tuple[float, float]:
+    """(training images/s, inference seconds per image) of one model: run in a child process."""
+    torch.set_num_threads(threads)
+    device = torch.device(device)
+    return (measure_training(model_name, num_classes, batch, shape, device, steps, amp, channels_last),
+            measure_inference(model_name, num_classes, evaluated, device, amp))
+
+
 def measure_runs(runs: list[PlannedRun], dataset: str, root: str | None, device: torch.device,
                  overrides: dict | None = None, steps: int = 3, progress: bool = True) -> dict:
-    """Fill in every run's split sizes and measured costs; returns what was measured."""
+    """Fill in every run's split sizes and measured costs; returns what was measured. Each
+    model is measured in a process of its own: one that crashes gets ``failed`` set."""
     splits = {split: build_dataset(dataset, root, split) for split in ("train", "val", "test")}
     meta = splits["train"].meta
     start = time.perf_counter()
@@ -283,24 +326,31 @@ def measure_runs(runs: list[PlannedRun], dataset: str, root: str | None, device:
     load_seconds = (time.perf_counter() - start) / len(samples)
     frame = tuple(samples[0][1].shape[-2:])  # the label map's H, W
     bf_seconds = measure_bf(splits["test"])
-    speeds: dict[tuple, float] = {}
+    speeds: dict[tuple, tuple | str] = {}  # (training images/s, inference s/image), or why measuring failed
+    saving: dict[str, float] = {}
     for run in runs:
         config = resolve_config(run.recipe, {**(overrides or {}), "model": run.model, "dataset": dataset})
         shape = _train_shape(config, frame)
         evaluated = tuple(config.size) if config.size else frame
         key = (run.model, config.batch_size, shape)
         if key not in speeds:
-            speeds[key] = measure_training(run.model, meta.num_classes, config.batch_size // config.accumulate,
-                                           shape, device, steps, config.amp, config.channels_last)
-            speeds[(run.model, evaluated)] = measure_inference(run.model, meta.num_classes, evaluated, device,
-                                                               config.amp)
-            speeds[run.model] = measure_saving(run.model, meta.num_classes)
+            try:
+                speeds[key] = in_child(_measure_model, run.model, meta.num_classes,
+                                       config.batch_size // config.accumulate, shape, evaluated, str(device), steps,
+                                       config.amp, config.channels_last, torch.get_num_threads())
+            except RuntimeError as error:
+                speeds[key] = f"measuring {run.model} failed: {error}"
             if progress:
-                print(f"  {run.model}: {speeds[key]:.1f} training images/s at {shape[0]}x{shape[1]} "
-                      f"(batch {config.batch_size}), {1 / speeds[(run.model, evaluated)]:.1f} images/s inference")
-        run.train_images_per_s = speeds[key]
-        run.inference_seconds_per_image = speeds[(run.model, evaluated)]
-        run.save_seconds = speeds[run.model]
+                print(f"  {run.model}: {speeds[key]}" if isinstance(speeds[key], str) else
+                      f"  {run.model}: {speeds[key][0]:.1f} training images/s at {shape[0]}x{shape[1]} "
+                      f"(batch {config.batch_size}), {1 / speeds[key][1]:.1f} images/s inference")
+        if isinstance(speeds[key], str):
+            run.failed = speeds[key]
+            continue
+        run.train_images_per_s, run.inference_seconds_per_image = speeds[key]
+        if run.model not in saving:
+            saving[run.model] = measure_saving(run.model, meta.num_classes)
+        run.save_seconds = saving[run.model]
         run.bf_seconds_per_image = bf_seconds
         run.load_seconds_per_image = load_seconds
         run.val_every = config.val_every
@@ -316,6 +366,9 @@ def format_plan(runs: list[PlannedRun], seconds: float) -> str:
     for run in runs:
         if run.kept:
             lines.append(f"  {run.name:<42} {run.tier:>4} {run.epochs:>12} {'-':>9}  kept from an earlier try")
+            continue
+        if run.failed:
+            lines.append(f"  {run.name:<42} {run.tier:>4} {'-':>12} {'-':>9}  not run: {run.failed}")
             continue
         if run.epochs == 0:
             lines.append(f"  {run.name:<42} {run.tier:>4} {'-':>12} {'-':>9}  not run: the budget does not reach it")
@@ -417,6 +470,7 @@ def reproduce_all(root: str | None, out_dir: str | os.PathLike, budget_seconds: 
         load_vgg16_state_dict(encoder_weights or "imagenet")
     say(f"measuring {len(todo)} runs on {torch_device} ...")
     measured = measure(todo, dataset, root, torch_device, overrides, measure_steps, progress)
+    todo = _record_failed_measurements(todo, out, dataset, root, device, encoder_weights, overrides)
     small = [run for run in todo if run.tier == SIDE_BY_SIDE_TIER]
     processes, speedup = _side_by_side(small, side_by_side, torch_device, dataset, overrides, measured,
                                        budget_seconds, say, measure_together or measure_side_by_side)
@@ -456,6 +510,20 @@ def reproduce_all(root: str | None, out_dir: str | os.PathLike, budget_seconds: 
     _run_in_order([run for run in todo if run.epochs > 0], out, processes, job, replan, say)
     write_bundle(out)
     return summary
+
+
+def _record_failed_measurements(todo: list[PlannedRun], out: Path, dataset: str, root: str | None, device: str,
+                                encoder_weights: str | None, overrides: dict) -> list[PlannedRun]:
+    """Write the table row of every run whose measurement failed; return the others."""
+    for run in todo:
+        if run.failed:
+            values = _run_config(run, dataset, root, device, encoder_weights, overrides)
+            config = resolve_config(run.recipe, {**values, "epochs": run.protocol_epochs})  # as it would have run
+            row = {**failed_row(config, RuntimeError(run.failed), dataset, run.paper), "name": run.name,
+                   "tier": run.tier, "paper_note": run.paper_note}
+            (out / "runs" / run.name).mkdir(parents=True, exist_ok=True)
+            write_json(out / "runs" / run.name / "result.json", row)
+    return [run for run in todo if not run.failed]
 
 
 def _run_in_order(todo: list[PlannedRun], out: Path, processes: int, job, replan, say) -> None:
