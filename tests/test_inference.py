@@ -326,3 +326,16 @@ def test_predict_removes_what_a_killed_predict_left_half_written(tmp_path):
     left.write_bytes(b"half a video")
     assert main(["predict", "--model", "segnet_basic", str(_street(tmp_path / "x.png")), "--out", str(out)]) == 0
     assert not left.exists()
+
+
+@pytest.mark.slow
+def test_a_model_onnx_cannot_export_loses_that_variant_only(capsys):
+    from segnet.benchmark import benchmark_model
+
+    pytest.importorskip("onnxruntime")
+    # FCN-8s at a size its 32x poolings do not divide: torch's ONNX exporter cannot build its
+    # transposed convolutions (at 360x480 too)
+    row = benchmark_model("fcn8s", (72, 104), "cpu", variants=("eager", "onnxruntime"), batch_sizes=(1,), repeats=1)
+    assert "eager" in row["variants"] and "onnxruntime" not in row["variants"]
+    assert "Error" in row["unavailable"]["onnxruntime"]
+    assert "fcn8s onnxruntime: not measured" in capsys.readouterr().err
