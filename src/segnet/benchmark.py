@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .engine.engines import build_engine
+from .engine.engines import build_engine, error_summary
 from .engine.measure import device_name, measure_training, median_seconds, synchronize
 from .engine.precision import autocast, check_device, resolve_amp
 from .export.fold import fold_batchnorm
@@ -304,8 +304,7 @@ def benchmark_model(name: str, size=(360, 480), device="cpu", variants=("eager",
         except Exception as error:  # noqa: BLE001 -- an ONNX export that this torch cannot do (FCN-8s's
             if variant not in ("onnxruntime", "int8"):  # transposed convolutions with dynamic sizes)
                 raise
-            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-            row.setdefault("unavailable", {})[variant] = f"{type(error).__name__}: {reason}"
+            row.setdefault("unavailable", {})[variant] = f"{type(error).__name__}: {error_summary(error)}"
             print(f"segnet: {name} {variant}: not measured, the ONNX export failed ({type(error).__name__})",
                   file=sys.stderr)
             continue

@@ -83,6 +83,12 @@ def build_engine(model: nn.Module, engine: str, amp: str, device: str | torch.de
     return folded, {"engine": engine, "precision": "bf16" if precision == "bf16" else "fp32"}
 
 
+def error_summary(error: BaseException) -> str:
+    """The first line of an error's message (compilers and exporters print pages), or its type."""
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 class Bf16Network(nn.Module):
     """A network with its weights in bf16, run on its input cast to bf16: the arithmetic of
     bf16 autocast for a folded network (convolutions, ReLU, pooling and unpooling in bf16)
@@ -133,7 +139,7 @@ class CompiledNetwork(nn.Module):
                     return self.compiled(x)
             except Exception as error:  # any compiler failure: the eager network gives the same answer
                 self.failed = True
-                reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+                reason = error_summary(error)
                 print(f"segnet: torch.compile failed ({type(error).__name__}: {reason}); running eager instead",
                       file=sys.stderr)
         return self.network(x)
