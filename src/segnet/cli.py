@@ -68,6 +68,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _tta(text: str):
+    """--tta VIEWS, read by ``engine.tta.parse_tta``."""
+    from .engine.tta import parse_tta
+
+    try:
+        return parse_tta(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix(f"--tta {text}: ")) from None
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         height, width = (int(v) for v in text.lower().split("x"))
@@ -214,12 +224,14 @@ def _loaded_model(args, num_classes: int = 11, meta=None):
     loaded = load_model(checkpoint, model=None if checkpoint else args.model, num_classes=num_classes, meta=meta,
                         device=_device(args))
     loaded.engine = getattr(args, "engine", None) or "auto"
+    loaded.tta = getattr(args, "tta", None)
     return loaded
 
 
 def _ran(loaded) -> str:
-    """What inference ran on, for the user: device, engine and precision."""
-    return f"{loaded.name} on {loaded.device}: engine {loaded.runtime['engine']}, {loaded.runtime['precision']}"
+    """What inference ran on, for the user: device, engine, precision and test-time augmentation."""
+    tta = f", tta {loaded.tta.describe()} ({loaded.tta.views} views)" if loaded.tta else ""
+    return f"{loaded.name} on {loaded.device}: engine {loaded.runtime['engine']}, {loaded.runtime['precision']}{tta}"
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -479,13 +491,16 @@ def _model_source(parser: argparse.ArgumentParser, default_pretrained: str | Non
 
 
 def _engine_option(parser: argparse.ArgumentParser) -> None:
+    """--engine, and --tta beside it: how the network runs for inference."""
     from .engine.engines import ENGINES
+    from .engine.tta import TTA_HELP
 
     parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="how the network runs: auto (the default: BN folded, channels_last and bf16 where the "
                         "CPU or GPU has it; torch.compile on AMX CPUs for long work), eager, compile, onnxruntime "
                         "(fp32) or int8 (onnxruntime, calibrated on the first batch; costs accuracy). What ran is "
                         "printed and recorded (docs/performance.md has the measurements)")
+    parser.add_argument("--tta", type=_tta, metavar="VIEWS", help=TTA_HELP)
 
 
 def _amp_option(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:

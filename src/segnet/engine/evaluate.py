@@ -19,6 +19,7 @@ from ..data import DatasetMeta, normalize
 from ..metrics import BoundaryF1, ConfusionMatrix, confusion_matrix, scores_from_confusion
 from ..progress import bar_disabled
 from .precision import autocast, precision_record, resolve_amp
+from .tta import TestTimeAugmentation, augmented_logits
 
 
 @dataclass
@@ -52,25 +53,31 @@ def normalize_and_resize(images: torch.Tensor, normalization: dict, input_size: 
 
 
 def predict_logits(model: nn.Module, images: torch.Tensor, normalization: dict,
-                   input_size: tuple[int, int] | None = None, precision: str = "off") -> torch.Tensor:
+                   input_size: tuple[int, int] | None = None, precision: str = "off",
+                   tta: TestTimeAugmentation | None = None) -> torch.Tensor:
     """uint8 ``(N, 3, H, W)`` on the model's device -> fp32 logits ``(N, K, H, W)``.
 
     With ``input_size`` the images are resized to it for the network (a model trained at
     reduced size) and the logits resized back, so scores are always at full resolution.
     ``precision``: ``"bf16"`` runs the network under bf16 autocast (see ``resolve_amp``).
+    ``tta``: average over these views (``engine.tta``; the logits are then log probabilities).
     """
     x, size = normalize_and_resize(images, normalization, input_size)
-    with autocast(precision, x.device):
-        logits = model(x).float()
+    if tta is not None:
+        logits = augmented_logits(model, x, tta, precision)
+    else:
+        with autocast(precision, x.device):
+            logits = model(x).float()
     if size is None:
         return logits
     return torch.nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def predict_labels(model: nn.Module, images: torch.Tensor, normalization: dict,
-                   input_size: tuple[int, int] | None = None, precision: str = "off") -> torch.Tensor:
+                   input_size: tuple[int, int] | None = None, precision: str = "off",
+                   tta: TestTimeAugmentation | None = None) -> torch.Tensor:
     """uint8 ``(N, 3, H, W)`` on the model's device -> ``(N, H, W)`` class ids."""
-    return predict_logits(model, images, normalization, input_size, precision).argmax(1)
+    return predict_logits(model, images, normalization, input_size, precision, tta).argmax(1)
 
 
 def _batches(dataset, batch_size: int, num_workers: int):
@@ -100,6 +107,7 @@ def evaluate(
     loader_workers: int = 0,
     input_size: tuple[int, int] | None = None,
     amp: str = "auto",
+    tta: TestTimeAugmentation | None = None,
     progress: bool = True,
 ) -> Evaluation:
     """Evaluate ``model`` on every image of ``dataset`` (untransformed, full size).
@@ -111,6 +119,7 @@ def evaluate(
     ``segnet.metrics.boundary``).
     ``input_size``: run the network at this size (see ``predict_logits``). ``amp``: auto
     (bf16 on CUDA and on CPUs with native bf16), bf16 or off; metrics.json records what ran.
+    ``tta``: test-time augmentation (``engine.tta``; None: off), recorded in metrics.json.
     """
     meta = dataset.meta
     if len(dataset) == 0:
@@ -131,7 +140,7 @@ def evaluate(
                                                disable=bar_disabled(progress)) as bar:
             for indices, images, labels in _batches(dataset, batch_size, loader_workers):
                 images, labels = images.to(device), labels.to(device)
-                preds = predict_labels(model, images, normalization, input_size, precision)
+                preds = predict_labels(model, images, normalization, input_size, precision, tta)
                 confusion.update(preds, labels)
                 if boundary is not None:
                     boundary.update(preds, labels)
@@ -154,7 +163,7 @@ def evaluate(
         for row, score in zip(rows, boundary.image_scores):
             row["bf_score"] = score
     metrics = _summary(confusion, bf, meta, len(rows), bf_mode, bf_void, seconds, input_size,
-                       precision_record(precision, device))
+                       {**precision_record(precision, device), "tta": tta.describe() if tta else "off"})
     return Evaluation(_finite_or_none(metrics), confusion.matrix.cpu(), _finite_or_none(rows), meta, samples)
 
 

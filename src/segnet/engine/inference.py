@@ -23,6 +23,7 @@ from ..data import DatasetMeta, load_image
 from .checkpoint import _model_from_checkpoint, load_checkpoint
 from .evaluate import predict_logits
 from .precision import autocast, check_device, resolve_amp
+from .tta import TestTimeAugmentation
 
 
 @dataclass
@@ -41,6 +42,7 @@ class LoadedModel:
     options: dict = field(default_factory=dict)  # the architecture's options (create_model keywords)
     extras: dict = field(default_factory=dict)  # provenance, test_metrics, model_card: what a card shows
     engine: str = "auto"
+    tta: TestTimeAugmentation | None = None  # test-time augmentation for every prediction (engine.tta)
     # what inference runs (built by ``prepare``, on first use if not before) and its record
     network: nn.Module | None = field(default=None, repr=False, compare=False)
     runtime: dict | None = field(default=None, compare=False)
@@ -102,6 +104,7 @@ class LoadedModel:
         from .evaluate import evaluate
 
         network = self.ready(options.pop("amp", "auto"), len(dataset))
+        options.setdefault("tta", self.tta)
         result = evaluate(network, dataset, self.normalization, input_size=self.input_size, amp="off", **options)
         result.metrics["runtime"].update(engine=self.runtime["engine"], precision=self.runtime["precision"])
         return result
@@ -123,10 +126,11 @@ class LoadedModel:
 
     def predict_logits(self, images: torch.Tensor, amp: str = "auto") -> torch.Tensor:
         """uint8 ``(N, 3, H, W)`` -> fp32 logits ``(N, K, H, W)`` at the images' size, by the
-        prepared engine (``prepare``; the default, auto, on first use)."""
+        prepared engine (``prepare``; the default, auto, on first use), averaged over the
+        views of ``tta`` when it is set (log probabilities then)."""
         network = self.ready(amp, len(images))
         with torch.inference_mode():
-            return predict_logits(network, images.to(self.device), self.normalization, self.input_size)
+            return predict_logits(network, images.to(self.device), self.normalization, self.input_size, tta=self.tta)
 
     def segment(self, image, amp: str = "auto") -> torch.Tensor:
         """One image (uint8 tensor ``(3, H, W)``, PIL image or path) -> ``(H, W)`` class ids on the CPU.
@@ -151,6 +155,8 @@ class LoadedModel:
         batch = torch.stack(images).to(self.device)
         if not mc_samples:
             return [(labels, None) for labels in self.predict_logits(batch, amp).argmax(1)]
+        if self.tta is not None:
+            raise ValueError("test-time augmentation and --mc-samples do not combine; leave one of them out")
         self.model.eval()
         with torch.inference_mode():
             x, size = normalize_and_resize(batch, self.normalization, self.input_size)

@@ -138,6 +138,8 @@ def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: i
 
     if mc_samples and not has_dropout(loaded.model):
         raise ValueError("--mc-samples needs a Bayesian model (with dropout), e.g. bayesian_segnet")
+    if mc_samples and loaded.tta is not None:
+        raise ValueError("--tta and --mc-samples do not combine; leave one of them out")
     out = Path(out_dir)
     paths = expand_inputs(inputs)
     if not paths:

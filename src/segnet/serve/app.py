@@ -202,7 +202,7 @@ def _served(loaded: LoadedModel, name: str, uncertainty: bool, batching: dict, l
     return {"name": name, "source": loaded.source, "classes": _classes(loaded.meta),
             "input_size": list(loaded.input_size) if loaded.input_size else None, "uncertainty": uncertainty,
             "device": str(loaded.device), "engine": loaded.runtime["engine"], "precision": loaded.runtime["precision"],
-            "batching": batching, **limits}
+            "tta": loaded.tta.describe() if loaded.tta else "off", "batching": batching, **limits}
 
 
 def _error(status: int, message: str, headers: dict | None = None):
