@@ -126,6 +126,8 @@ def test_cli_slim_writes_a_small_copy_and_never_overwrites_its_source(trained_li
     assert load_checkpoint(tmp_path / "small.pt")["stored_weights"] == "int8"
 
     assert main(["slim", str(path), "--out", str(path)]) == 2
+    assert "is one of the inputs" in capsys.readouterr().err
+    assert main(["slim", str(path), "--out", str(path), "--overwrite"]) == 2  # not even when asked
     assert "would lose its training state" in capsys.readouterr().err
     assert main(["slim", str(path), "--out", str(tmp_path / "y.pt"), "--keep", "metrics"]) == 2
     err = capsys.readouterr().err

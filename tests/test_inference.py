@@ -339,3 +339,39 @@ def test_a_model_onnx_cannot_export_loses_that_variant_only(capsys):
     assert "eager" in row["variants"] and "onnxruntime" not in row["variants"]
     assert "Error" in row["unavailable"]["onnxruntime"]
     assert "fcn8s onnxruntime: not measured" in capsys.readouterr().err
+
+
+# the other commands with a fixed set of output files: (argv after the command, the file a user has there)
+WRITERS = [
+    pytest.param(["evaluate", "--model", "segnet_basic", "--dataset", "synthetic", "--bf", "none", "--out", "{out}"],
+                 "metrics.json", id="evaluate"),
+    pytest.param(["slim", "{ckpt}", "--out", "{out}/slim.pt"], "slim.pt", id="slim"),
+    pytest.param(["slim", "{ckpt}", "--format", "safetensors", "--out", "{out}"], "README.md", id="slim-folder"),
+    pytest.param(["data", "pack", "--dataset", "synthetic", "--splits", "val", "--out", "{out}/s.pack"], "s.pack",
+                 id="data-pack"),
+]
+
+
+@pytest.mark.parametrize("argv, users_file", WRITERS)
+def test_every_writer_refuses_a_users_file_and_rewrites_its_own(tmp_path, capsys, argv, users_file):
+    from segnet.cli import main
+
+    ckpt = save_checkpoint(tmp_path / "best.pt", create_model("segnet_basic", 6), "segnet_basic", SYNTHETIC_META, RAW)
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / users_file).write_bytes(b"my own file")
+    args = [part.format(out=out, ckpt=ckpt) for part in argv]
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / users_file).read_bytes() == b"my own file"
+    assert sorted(p.name for p in out.iterdir()) == [users_file]  # refused before any work
+    assert main(args + ["--overwrite"]) == 0 and (out / users_file).read_bytes() != b"my own file"
+    assert main(args) == 0  # a rerun rewrites what segnet wrote
+
+
+def test_export_never_writes_over_its_own_checkpoint(tmp_path, capsys):
+    from segnet.cli import main
+
+    ckpt = save_checkpoint(tmp_path / "best.pt", create_model("segnet_basic", 6), "segnet_basic", SYNTHETIC_META, RAW)
+    before = ckpt.read_bytes()
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(ckpt)]) == 2
+    assert "one of the inputs" in capsys.readouterr().err and ckpt.read_bytes() == before

@@ -503,6 +503,35 @@ def _engine_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", type=_tta, metavar="VIEWS", help=TTA_HELP)
 
 
+def _overwrite_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write over files that segnet did not write, and over inputs (never by default: a "
+                        "rerun rewrites only segnet's own earlier outputs)")
+
+
+def _planned_outputs(args: argparse.Namespace) -> list[Path]:
+    """The files a command with a fixed set of outputs will write (predict and train check
+    their own): checked against the overwrite rule before any work, recorded after it."""
+    out = Path(args.out)
+    if args.command == "evaluate":
+        from .report.evaluation import EVALUATION_FILES
+
+        return [out / name for name in EVALUATION_FILES]
+    if args.command == "benchmark":
+        return [out.with_suffix(".md"), out.with_suffix(".json")]
+    if args.command == "slim" and args.format == "safetensors":
+        from .engine.hub import FOLDER_FILES
+
+        return [out / name for name in FOLDER_FILES]
+    return [out]  # export, slim, data pack: one file
+
+
+def _given_inputs(args: argparse.Namespace) -> list[Path]:
+    """The files and folders a command reads (an output must never replace one)."""
+    return [Path(value) for key in ("checkpoint", "root", "encoder_weights")
+            if isinstance(value := getattr(args, key, None), str)]
+
+
 def _amp_option(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
     from .engine.precision import AMP_CHOICES
 
@@ -606,7 +635,8 @@ def _add_data(sub) -> None:
     p.add_argument("--out", required=True, help="output file, e.g. packed/camvid.pack")
     p.add_argument("--lossless", action="store_true", help="store images as PNG (about 2.5x larger)")
     p.add_argument("--quality", type=_positive_int, default=95, help="JPEG quality (default: 95)")
-    p.set_defaults(func=cmd_data_pack, out_kind="file")
+    _overwrite_option(p)
+    p.set_defaults(records_outputs=True, func=cmd_data_pack, out_kind="file")
     p = data_sub.add_parser("download", help="download CamVid (SegNet release)",
                             description="Download the SegNet-release CamVid into ROOT/CamVid: resumable, verified, "
                             "nothing half-written left behind.")
@@ -678,7 +708,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--samples", type=_non_negative_int, default=6, help="images shown in samples.png (default: 6)")
     _amp_option(p)
     _engine_option(p)
-    p.set_defaults(func=cmd_evaluate, out_kind="folder")
+    _overwrite_option(p)
+    p.set_defaults(records_outputs=True, func=cmd_evaluate, out_kind="folder")
 
 
 def _add_predict(sub) -> None:
@@ -705,9 +736,7 @@ def _add_predict(sub) -> None:
     _device_option(p)
     _amp_option(p)
     _engine_option(p)
-    p.add_argument("--overwrite", action="store_true",
-                   help="write over files in --out that segnet did not write, and over inputs (never by default: "
-                   "a rerun rewrites only segnet's own earlier outputs)")
+    _overwrite_option(p)
     p.set_defaults(func=cmd_predict, out_kind="folder")
 
 
@@ -751,7 +780,8 @@ def _add_export(sub) -> None:
                    help="unpool without pooling indices (for TensorRT/CoreML); identical outputs")
     p.add_argument("--check-sizes", type=_size, nargs="+", default=[(360, 480), (45, 61)],
                    help="HxW sizes to check in onnxruntime (default: 360x480 45x61)")
-    p.set_defaults(func=cmd_export, out_kind="file", device="cpu")  # ONNX export traces on the CPU
+    _overwrite_option(p)
+    p.set_defaults(records_outputs=True, func=cmd_export, out_kind="file", device="cpu")  # ONNX export traces on the CPU
 
 
 def _add_slim(sub) -> None:
@@ -777,7 +807,8 @@ def _add_slim(sub) -> None:
                    help="how to store the convolution kernels (default: fp32, exactly as trained)")
     p.add_argument("--keep", nargs="+", metavar="ENTRY",
                    help="further entries to carry over, e.g. config metrics (the recipe and the scores)")
-    p.set_defaults(func=cmd_slim, out_kind="file")
+    _overwrite_option(p)
+    p.set_defaults(records_outputs=True, func=cmd_slim, out_kind="file")
 
 
 def _add_reproduce(sub) -> None:
@@ -851,7 +882,8 @@ def _add_benchmark(sub) -> None:
                    "segnet_basic segnet)")
     p.add_argument("--crop", type=_size, default=(180, 240), help="--training: crop HxW (default: 180x240)")
     p.add_argument("--out", help="write FILE.md and FILE.json")
-    p.set_defaults(func=cmd_benchmark, out_kind="file")
+    _overwrite_option(p)
+    p.set_defaults(records_outputs=True, func=cmd_benchmark, out_kind="file")
 
 
 def _add_demo(sub) -> None:
@@ -875,6 +907,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             kind = "folder" if getattr(args, "format", None) == "safetensors" else args.out_kind
             check_output(args.out, kind)  # before any work: nothing is half-done or left behind
+        if getattr(args, "out", None) and getattr(args, "records_outputs", False):
+            from .files import check_overwrites, record_outputs
+
+            planned = _planned_outputs(args)
+            check_overwrites(planned, _given_inputs(args), args.overwrite)
+            status = args.func(args)
+            record_outputs([path for path in planned if path.is_file()])  # a rerun may rewrite them
+            return status
         return args.func(args)
     except KeyboardInterrupt:
         print("segnet: interrupted", file=sys.stderr)

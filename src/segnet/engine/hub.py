@@ -163,6 +163,9 @@ def folder_config(loaded, provenance: dict | None = None, test_metrics: dict | N
     return check_config(json.loads(json.dumps(config)), "the configuration to write")
 
 
+FOLDER_FILES = ("model.safetensors", "config.json", "README.md")  # what save_pretrained writes
+
+
 def save_pretrained(loaded, folder: str | os.PathLike, provenance: dict | None = None,
                     test_metrics: dict | None = None, model_card: str | None = None) -> Path:
     """Write ``loaded`` (a ``LoadedModel``) to ``folder``: ``model.safetensors``,

@@ -43,6 +43,11 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         writer.writerows([["" if v is None else v for v in row] for row in rows])
 
 
+# what write_evaluation writes (samples.png only when there are samples to show)
+EVALUATION_FILES = ("metrics.json", "class_metrics.csv", "image_metrics.csv", "confusion_matrix.csv",
+                    "confusion_matrix.png", "class_iou.png", "samples.png", "report.html")
+
+
 def write_evaluation(evaluation, out_dir: str | os.PathLike, info: dict | None = None) -> dict[str, Path]:
     """Write every output of ``evaluation`` into ``out_dir``; returns name -> path.
 
