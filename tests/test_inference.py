@@ -375,3 +375,17 @@ def test_export_never_writes_over_its_own_checkpoint(tmp_path, capsys):
     before = ckpt.read_bytes()
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(ckpt)]) == 2
     assert "one of the inputs" in capsys.readouterr().err and ckpt.read_bytes() == before
+
+
+def test_a_16_bit_image_reads_the_same_from_a_file_an_upload_and_a_pil_image(tmp_path):
+    from segnet.data import load_image
+    from segnet.serve.app import decode_upload
+
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.linspace(0, 65535, 40 * 50).reshape(40, 50).astype(np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I")  # really 16-bit on disk
+    from_file = load_image(path)
+    assert from_file.max() == 255 and from_file.float().std() > 50  # rescaled, not clipped to white
+    assert torch.equal(decode_upload(path.read_bytes(), minimum=8), from_file)
+    loaded = LoadedModel(create_model("segnet_basic", 6), SYNTHETIC_META, RAW, None, "test", "segnet_basic")
+    assert torch.equal(loaded.segment(Image.open(path)), loaded.segment(path))

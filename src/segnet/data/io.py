@@ -97,8 +97,13 @@ def image_conversion_note(mode: str) -> str | None:
 
 def load_image(path: str | Path) -> torch.Tensor:
     """Read an image file as a ``(3, H, W)`` uint8 tensor (grayscale, RGBA, 16-bit converted)."""
-    path = Path(path)
-    image = _open(path)
+    return rgb_tensor(_open(Path(path)))
+
+
+def rgb_tensor(image: Image.Image) -> torch.Tensor:
+    """A decoded PIL image as a ``(3, H, W)`` uint8 tensor: the one conversion every way in
+    uses (files, uploads, PIL images given to ``segment``). 16-bit and float images are
+    rescaled by their maximum (PIL's own RGB conversion would clip them to white)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         top = array.max() if array.max() > 0 else 1.0

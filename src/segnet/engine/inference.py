@@ -14,12 +14,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
 from ..data import DatasetMeta, load_image
+from ..data.io import rgb_tensor
 from .checkpoint import _model_from_checkpoint, load_checkpoint
 from .evaluate import predict_logits
 from .precision import autocast, check_device, resolve_amp
@@ -139,7 +139,7 @@ class LoadedModel:
         if isinstance(image, (str, os.PathLike)):
             image = load_image(image)
         elif isinstance(image, Image.Image):
-            image = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+            image = rgb_tensor(image)
         if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a (3, H, W) uint8 image, got {tuple(image.shape)} {image.dtype}")
         return self.predict_logits(image[None], amp).argmax(1)[0].cpu()

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..data.io import rgb_tensor
 from ..engine.inference import LoadedModel
 from ..models import min_input_size
 from ..report import overlay, palette_png, uncertainty_png
@@ -53,17 +54,17 @@ def decode_upload(data: bytes, minimum: int, max_megapixels: float = MAX_MEGAPIX
                 raise BadUpload(413, f"the image is {width}x{height} pixels ({width * height / 1e6:.0f} MP); this "
                                      f"server takes at most {max_megapixels:g} MP (serve --max-megapixels)")
             picture.load()
-            rgb = np.asarray(picture.convert("RGB"))
+            image = rgb_tensor(picture)
     except Image.DecompressionBombError as error:
         raise BadUpload(413, f"the image has too many pixels ({error})") from None
     except UnidentifiedImageError:
         raise BadUpload(415, "not an image (PNG, JPEG, BMP, TIFF or WebP expected)") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise BadUpload(400, f"the image is truncated or damaged ({error})") from None
-    if min(rgb.shape[:2]) < minimum:
-        raise BadUpload(422, f"the image is {rgb.shape[1]}x{rgb.shape[0]} pixels; this model needs at least "
+    if min(image.shape[1:]) < minimum:
+        raise BadUpload(422, f"the image is {image.shape[2]}x{image.shape[1]} pixels; this model needs at least "
                              f"{minimum}x{minimum}")
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+    return image
 
 
 def _png(picture: Image.Image) -> bytes:
