@@ -66,6 +66,8 @@ CASES = [
     ("bad size format", ["forward", "--size", "big"], BAD, ["--size", "HEIGHTxWIDTH"]),
     ("unknown model", ["forward", "--model", "segnet_huge"], BAD, ["segnet_huge", "segnet_basic"]),
     ("input below the minimum", ["forward", "--size", "4x4"], BAD, ["at least 9x9", "4x4"]),
+    ("FCN-8s below its own minimum", ["forward", "--model", "fcn8s", "--size", "20x20"], BAD,
+     ["at least 32x32", "20x20"]),
     # training
     ("unknown option", ["train", "--out", "{O}", "--set", "nonsense=1"], BAD, ["unknown training option", "nonsense"]),
     ("option without value", ["train", "--out", "{O}", "--set", "lr"], BAD, ["key=value"]),
@@ -108,6 +110,9 @@ CASES = [
      ["afile", "is a file"]),
     ("evaluate on a missing dataset", ["evaluate", "--checkpoint", "{W}/good.pt", "--out", "{O}", "--dataset",
                                        "camvid", "--root", "{W}/nowhere"], MISSING, ["nowhere"]),
+    ("evaluate with a file as the dataset root", ["evaluate", "--checkpoint", "{W}/good.pt", "--out", "{O}",
+                                                  "--dataset", "camvid", "--root", "{W}/afile"], BAD,
+     ["afile", "is a file", "--root"]),
     # prediction: per-image failures are named and skipped, the rest is kept
     ("predict a missing image", ["predict", "--checkpoint", "{W}/good.pt", "{W}/gone.png", "--out", "{O}"], FAILED,
      ["gone.png"]),
@@ -265,6 +270,9 @@ def test_serve_without_the_serve_extra_is_not_called_a_bug(monkeypatch, capsys):
     (["serve", "--max-upload-mb", "-1"], "must be a positive number"),
     (["train", "--lr", "nan", "--out", "o"], "must be a positive number"),
     (["forward", "--size", "0x5"], "positive sides"),
+    (["benchmark", "--size", "1x1"], "at least 32x32"),
+    (["train", "--size", "8x8", "--out", "o"], "at least 32x32"),
+    (["evaluate", "--model", "segnet_basic", "--out", "o", "--tta", "flip,sideways"], "neither 'flip' nor a scale"),
 ])
 def test_options_are_checked_before_any_work_in_plain_words(argv, words, capsys, tmp_path, monkeypatch):
     from segnet.cli import main

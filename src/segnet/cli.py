@@ -88,6 +88,18 @@ def _size(text: str) -> tuple[int, int]:
     return height, width
 
 
+SMALLEST_NETWORK_SIZE = 32  # five 2x2 poolings (FCN-8s floors each; the others accept 17 and up)
+
+
+def _network_size(text: str) -> tuple[int, int]:
+    """A size every network here can run at: HEIGHTxWIDTH, both at least 32."""
+    height, width = _size(text)
+    if min(height, width) < SMALLEST_NETWORK_SIZE:
+        raise argparse.ArgumentTypeError(f"{text} is smaller than the networks accept; give at least "
+                                         f"{SMALLEST_NETWORK_SIZE}x{SMALLEST_NETWORK_SIZE} (e.g. 360x480, CamVid's size)")
+    return height, width
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import MODELS, count_parameters, create_model
 
@@ -672,7 +684,7 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, help="global batch size")
     p.add_argument("--accumulate", type=_positive_int, help="micro-batches per step (same result, less memory)")
     p.add_argument("--lr", type=_positive_float, help="learning rate")
-    p.add_argument("--size", type=_size, help="train at HEIGHTxWIDTH (default: the data's size)")
+    p.add_argument("--size", type=_network_size, help="train at HEIGHTxWIDTH (default: the data's size)")
     p.add_argument("--crop", type=_size, metavar="HxW",
                    help="train on random HxW windows at native resolution (e.g. 180x240); validation on whole frames")
     _amp_option(p, default=None)
@@ -837,7 +849,7 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--out", help="output folder (one run directory per model)")
     p.add_argument("--models", nargs="+", help="a subset of the target's models")
     p.add_argument("--epochs", type=_positive_int, help="override the recipe's length (reduced scale)")
-    p.add_argument("--size", type=_size, help="train at HEIGHTxWIDTH (reduced scale)")
+    p.add_argument("--size", type=_network_size, help="train at HEIGHTxWIDTH (reduced scale)")
     p.add_argument("--batch-size", type=_positive_int, help="override the recipe's batch size")
     p.add_argument("--encoder-weights", help="ImageNet VGG16 weights for the VGG models (SegNet and the comparison "
                    "networks): 'imagenet' (torch's download cache) or a path")
@@ -864,7 +876,7 @@ def _add_benchmark(sub) -> None:
                        "allocated, or the process's peak RSS on CPU), per variant, and the achieved FLOP/s against "
                        "the machine's matmul peak measured in the same run. Writes Markdown and JSON with --out.")
     p.add_argument("--models", nargs="+", help="models (default: all)")
-    p.add_argument("--size", type=_size, default=(360, 480), help="HEIGHTxWIDTH (default: 360x480)")
+    p.add_argument("--size", type=_network_size, default=(360, 480), help="HEIGHTxWIDTH (default: 360x480)")
     _device_option(p)
     p.add_argument("--variants", nargs="+", choices=VARIANTS,
                    help="default: default (what every command runs: engine auto) eager folded channels_last, then "

@@ -108,6 +108,9 @@ def _check_split(split: str, allowed=SPLITS) -> None:
 
 
 def _require_dir(path: Path, what: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{path}: is a file, where the {what} folder is needed; give --root the dataset's folder "
+                        "(or a .pack file from 'segnet data pack')")
     if not path.is_dir():
         raise DataNotFoundError(f"{path}: {what} folder not found; check --root")
 

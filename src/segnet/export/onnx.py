@@ -30,7 +30,7 @@ from torch import nn
 
 from ..data.transforms import normalize
 from ..files import atomic_path
-from ..models import min_input_size, use_index_free_unpooling
+from ..models import smallest_input, use_index_free_unpooling
 from .fold import fold_batchnorm
 
 VALUE_TOLERANCE = 1e-3
@@ -101,7 +101,7 @@ def export_onnx(
     import onnxruntime
 
     path = Path(path)
-    floor = min_input_size(getattr(model, "pool_levels", 5))
+    floor = smallest_input(model)
     too_small = [f"{h}x{w}" for h, w in sizes if min(h, w) < floor]
     if too_small:  # refused before anything is written
         raise ValueError(f"check size {', '.join(too_small)} is below the smallest input this model accepts "

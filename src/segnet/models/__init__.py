@@ -2,7 +2,7 @@
 
 from .mc_dropout import mc_dropout_predict
 from .pooling import (PoolRecord, max_pool_with_indices, max_unpool, max_unpool_index_free, min_input_size,
-                      use_index_free_unpooling)
+                      smallest_input, use_index_free_unpooling)
 from .registry import MODELS, ModelInfo, count_parameters, create_model, list_models, model_info
 
 __all__ = [
@@ -18,5 +18,6 @@ __all__ = [
     "mc_dropout_predict",
     "min_input_size",
     "model_info",
+    "smallest_input",
     "use_index_free_unpooling",
 ]

@@ -90,6 +90,7 @@ class FCN(_VGGEncoderMixin, nn.Module):
     """
 
     pool_levels = 5
+    min_size = 32  # its five poolings floor odd sizes (FCN's own), so 2 ** 5 pixels are needed
 
     def __init__(self, num_classes: int, in_channels: int = 3, learnt_upsampling: bool = True,
                  batch_norm: bool = True, dropout: float = 0.5, fc_channels: int = 4096) -> None:
@@ -121,7 +122,7 @@ class FCN(_VGGEncoderMixin, nn.Module):
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_input_size(x, self.pool_levels, type(self).__name__)
+        check_input_size(x, self.pool_levels, type(self).__name__, self.min_size)
         size = x.shape[-2:]
         pooled = []
         for stage in self.stages:

@@ -100,11 +100,18 @@ def min_input_size(levels: int) -> int:
     return 2 ** (levels - 1) + 1
 
 
-def check_input_size(x: Tensor, levels: int, model_name: str) -> None:
-    """Raise a clear error for inputs a network of this depth cannot process."""
+def smallest_input(model) -> int:
+    """Smallest height/width ``model`` accepts: its ``min_size`` where it sets one, else
+    what its ``pool_levels`` poolings need (``min_input_size``)."""
+    return getattr(model, "min_size", None) or min_input_size(getattr(model, "pool_levels", 5))
+
+
+def check_input_size(x: Tensor, levels: int, model_name: str, minimum: int | None = None) -> None:
+    """Raise a clear error for inputs a network of this depth cannot process (``minimum``:
+    the network's own floor, default ``min_input_size(levels)``)."""
     if x.dim() != 4:
         raise ValueError(f"{model_name} expects a batch of images (N, C, H, W); got shape {tuple(x.shape)}")
-    minimum = min_input_size(levels)
+    minimum = minimum or min_input_size(levels)
     height, width = x.shape[-2:]
     if height < minimum or width < minimum:
         raise ValueError(

@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..data.io import rgb_tensor
 from ..engine.inference import LoadedModel
-from ..models import min_input_size
+from ..models import smallest_input
 from ..report import overlay, palette_png, uncertainty_png
 from .batching import DynamicBatcher, QueueFull
 
@@ -98,7 +98,7 @@ def create_app(loaded: LoadedModel, model_name: str | None = None, mc_samples: i
     model_name = model_name or loaded.name
     loaded.ready(amp, images=None)  # open-ended work: auto may compile
     _compile_now(loaded, amp, max_batch)
-    minimum = 8 if loaded.input_size else min_input_size(getattr(loaded.model, "pool_levels", 5))
+    minimum = 8 if loaded.input_size else smallest_input(loaded.model)
 
     def run_batch(images: list[torch.Tensor]) -> list:
         return loaded.segment_batch(images, mc_samples, amp)
