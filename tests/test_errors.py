@@ -46,6 +46,8 @@ def world(tmp_path_factory) -> Path:
     (world / "words.png").write_text("this is text, not a PNG\n")
     (world / "truncated.png").write_bytes((world / "street.png").read_bytes()[:200])
     (world / "afile").write_text("a user's file that must survive\n")
+    (world / "broken.json").write_text("{not json\n")
+    (world / "notes.json").write_text('{"my": "notes"}\n')
     (world / "empty").mkdir()
     (world / "unstarted").mkdir()
     (world / "unstarted" / "config.json").write_text("{}\n")
@@ -147,6 +149,12 @@ CASES = [
     ("pack into a folder", ["data", "pack", "--out", "{W}/empty"], BAD, ["empty", "is a folder"]),
     ("class weights of a missing dataset", ["data", "weights", "--dataset", "camvid", "--root", "{W}/nowhere"],
      MISSING, ["nowhere"]),
+    ("class weights cache of broken JSON", ["data", "weights", "--cache", "{W}/broken.json"], BAD,
+     ["broken.json", "not JSON", "--cache"]),
+    ("class weights cache that is a user's file", ["data", "weights", "--cache", "{W}/notes.json"], BAD,
+     ["notes.json", "not a class-weight cache"]),
+    ("class weights cache below a file", ["data", "weights", "--cache", "{W}/afile/w.json"], BAD,
+     ["--cache", "afile is a file"]),
     # benchmark, reproduce, demo
     ("benchmark an unknown model", ["benchmark", "--models", "segnet_huge"], BAD, ["segnet_huge"]),
     ("benchmark on a missing GPU", ["benchmark", "--device", "cuda:7"], BAD, ["--device cuda:7"]),

@@ -442,7 +442,10 @@ def _dataset_options(parser: argparse.ArgumentParser, split: bool = True) -> Non
 
 def cmd_data_weights(args: argparse.Namespace) -> int:
     from .data import build_dataset, compute_class_weights
+    from .files import check_output
 
+    if args.cache:  # before counting pixels: a cache that cannot be written is known now
+        check_output(args.cache, "file", flag="--cache")
     dataset = build_dataset(args.dataset, args.root, args.split)
     result = compute_class_weights(dataset, args.mode, cache=args.cache)
     print(f"class weights ({args.mode}) from {args.dataset} {args.split}: {len(dataset)} images")

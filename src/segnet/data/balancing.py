@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Iterable
 
@@ -55,6 +56,27 @@ def dataset_labels(dataset, progress: bool = True) -> Iterable[torch.Tensor]:
         yield dataset.load(index)[1]
 
 
+def _read_cache(path: Path, num_classes: int) -> dict:
+    """A class-weight cache written by ``compute_class_weights``; ValueError naming the file
+    when it is something else (it is then the user's, and is neither used nor replaced)."""
+    remedy = "remove it, or give --cache a new file name"
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) else f"not JSON: {error}"
+        raise ValueError(f"{path}: cannot be read as a class-weight cache ({reason}); {remedy}") from None
+    fields = ("dataset", "samples", "mode", "class_names", "frequency", "weights")
+    if not isinstance(cached, dict) or not all(key in cached for key in fields):
+        raise ValueError(f"{path}: is not a class-weight cache written by segnet (it lacks "
+                         f"{', '.join(key for key in fields if not isinstance(cached, dict) or key not in cached)}); "
+                         f"{remedy}")
+    weights = cached["weights"]
+    if (not isinstance(weights, list) or len(weights) != num_classes
+            or not all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights)):
+        raise ValueError(f"{path}: its weights are not {num_classes} finite non-negative numbers; {remedy}")
+    return cached
+
+
 def compute_class_weights(
     dataset, mode: str = "median_frequency", cache: str | Path | None = None, progress: bool = True
 ) -> dict:
@@ -68,10 +90,9 @@ def compute_class_weights(
     if mode not in BALANCING_MODES:
         raise ValueError(f"unknown class balancing {mode!r}; use one of {', '.join(BALANCING_MODES)}")
     key = {"dataset": meta.name, "samples": len(dataset), "mode": mode, "class_names": list(meta.class_names)}
-    if cache is not None and Path(cache).is_file():
-        cached = json.loads(Path(cache).read_text())
-        if all(cached.get(k) == v for k, v in key.items()):
-            return cached
+    cached = _read_cache(Path(cache), meta.num_classes) if cache is not None and Path(cache).exists() else None
+    if cached is not None and all(cached.get(k) == v for k, v in key.items()):
+        return cached
     if mode == "natural":
         freq = torch.zeros(meta.num_classes, dtype=torch.float64)
         weights = torch.ones(meta.num_classes, dtype=torch.float64)
