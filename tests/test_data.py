@@ -93,6 +93,27 @@ def test_check_reports_each_problem_with_its_file(tmp_path):
         build_dataset("camvid", root, "train")[0]
 
 
+def test_check_lists_unlabelled_images_and_every_other_problem_at_once(tmp_path, capsys):
+    from segnet.cli import main
+
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "classes.yaml").write_text("classes: [road, car]\n")
+    for name in "abcde":
+        save(root / "images" / f"{name}.png", np.zeros((8, 9, 3), np.uint8))
+        save(root / "masks" / f"{name}.png", np.zeros((8, 9), np.uint8))
+    (root / "masks" / "a.png").unlink()  # an image without a label
+    (root / "masks" / "b.png").write_text("not a png")  # three broken files beside it
+    (root / "images" / "c.png").write_bytes((root / "images" / "c.png").read_bytes()[:40])
+    save(root / "masks" / "d.png", np.zeros((3, 3), np.uint8))
+    with pytest.raises(DataError, match="a.png: no label"):  # building for training still refuses at once
+        build_dataset("folder", root, "train")
+    assert main(["data", "check", "--dataset", "folder", "--root", str(root), "--splits", "train"]) == 1
+    out = capsys.readouterr().out
+    assert "train: 4 samples, 4 problems" in out
+    assert all(f"{name}.png" in out for name in "abcd") and out.count("PROBLEM") == 4
+
+
 def test_sunrgbd_numbered_and_folder_layouts(tmp_path):
     rng = np.random.default_rng(1)
     root = tmp_path / "sun"

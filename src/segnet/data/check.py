@@ -9,6 +9,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..progress import bar_disabled
+from .datasets import collecting_unpaired
 from .io import DataError, image_conversion_note
 
 
@@ -59,11 +60,14 @@ def check_dataset(build, splits: list[str], progress: bool = True) -> list[Split
     reports = []
     for split in splits:
         try:
-            dataset = build(split)
+            with collecting_unpaired() as unpaired:
+                dataset = build(split)
         except (DataError, FileNotFoundError) as error:
             reports.append(SplitReport(split, problems=[str(error)]))
             continue
-        reports.append(check_split(dataset, split, progress))
+        report = check_split(dataset, split, progress)
+        report.problems[:0] = unpaired  # images without a label, then what the labelled ones have
+        reports.append(report)
     return reports
 
 

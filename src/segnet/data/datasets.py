@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -162,17 +164,35 @@ def _camvid_pair(root: Path, line: str, list_file: Path, number: int) -> tuple[P
     return resolve(fields[0]), resolve(fields[1])
 
 
+# set by ``collecting_unpaired``: where images without a label are listed instead of failing
+_UNPAIRED: ContextVar[list[str] | None] = ContextVar("unpaired", default=None)
+
+
+@contextmanager
+def collecting_unpaired() -> Iterator[list[str]]:
+    """Within the block, datasets are built without their unlabelled images, which are named
+    in the list this yields instead of failing the build: what lets ``data check`` report
+    every problem of a folder at once."""
+    found: list[str] = []
+    token = _UNPAIRED.set(found)
+    try:
+        yield found
+    finally:
+        _UNPAIRED.reset(token)
+
+
 def _pair_folders(image_dir: Path, label_dir: Path) -> list[tuple[Path, Path]]:
     _require_dir(image_dir, "image")
     _require_dir(label_dir, "label")
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     labels = {p.stem: p for p in label_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    pairs = []
-    for image in images:
-        if image.stem not in labels:
-            raise DataError(f"{image}: no label with the same name in {label_dir}")
-        pairs.append((image, labels[image.stem]))
-    return pairs
+    unpaired = [f"{image}: no label with the same name in {label_dir}" for image in images if image.stem not in labels]
+    if unpaired and _UNPAIRED.get() is None:
+        more = f" (and {len(unpaired) - 1} more images without a label; 'segnet data check' lists them)"
+        raise DataError(unpaired[0] + (more if len(unpaired) > 1 else ""))
+    if unpaired:
+        _UNPAIRED.get().extend(unpaired)
+    return [(image, labels[image.stem]) for image in images if image.stem in labels]
 
 
 class SUNRGBD(PairDataset):
