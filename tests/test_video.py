@@ -97,3 +97,39 @@ def test_temporal_smoothing_is_an_average_of_probabilities_over_frames():
     assert smoothing(logits[2:]).flatten().tolist() == [1]  # state carried across batches
     with pytest.raises(ValueError, match="--smooth"):
         TemporalSmoothing(1.0)
+
+
+def test_label_maps_are_complete_or_absent(tmp_path, checkpoint, capsys, monkeypatch):
+    from segnet.engine import video
+
+    clip = tmp_path / "drive.mp4"
+    make_video(clip, frames=6, audio=False)
+    out = tmp_path / "out"
+    argv = ["predict", "--checkpoint", str(checkpoint), str(clip), "--out", str(out), "--video-labels",
+            "--batch-size", "2"]
+    # Ctrl-C after the first batch: no partial labels folder, no staging folder, no overlay
+    real_write, calls = video._OverlayWriter.write, []
+
+    def interrupted(self, pending):
+        calls.append(len(pending))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_write(self, pending)
+
+    monkeypatch.setattr(video._OverlayWriter, "write", interrupted)
+    assert main(argv) == 130
+    assert not out.exists() or [p.name for p in out.iterdir()] == []
+    monkeypatch.undo()
+    # a killed run's staging folder (its process gone) is removed by the next predict
+    out.mkdir(exist_ok=True)
+    (out / ".drive_labels.tmp999999").mkdir()
+    (out / ".drive_labels.tmp999999" / "000001.png").write_bytes(b"half")
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == [".segnet-outputs.json", "drive_labels", "drive_overlay.mp4"]
+    assert len(list((out / "drive_labels").iterdir())) == 6
+    assert main(argv) == 0  # a rerun replaces its own folder whole
+    (out / "drive_labels" / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(argv) == 2  # a folder holding a user's file is not replaced
+    assert "drive_labels: exists and holds files segnet did not write" in capsys.readouterr().err
+    assert (out / "drive_labels" / "notes.txt").read_text() == "mine"

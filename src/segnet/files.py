@@ -62,14 +62,20 @@ def check_output(path: str | os.PathLike, kind: str = "folder", flag: str = "--o
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Remove the ``.NAME.tmpPID`` files that ``atomic_path`` leaves when its process was
-    killed mid-write (the PID no longer running); returns what was removed."""
+    """Remove the ``.NAME.tmpPID`` files (and staging folders) that ``atomic_path`` and the
+    video labels leave when their process was killed mid-write (the PID no longer running);
+    returns what was removed."""
+    import shutil
+
     removed = []
     for tmp in Path(folder).glob(".*.tmp*"):
         pid = tmp.name.rsplit(".tmp", 1)[-1]
         if not pid.isdigit() or _running(int(pid)):
             continue
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
 

@@ -91,6 +91,18 @@ def _planned_outputs(paths: list[Path], stems: list[str], videos: set[int], out:
     return planned
 
 
+def _check_label_folders(folders: list[Path]) -> None:
+    """ValueError when a video's NAME_labels folder (replaced whole on success) holds anything
+    but segnet's numbered label maps."""
+    import re
+
+    for folder in folders:
+        if folder.exists() and (not folder.is_dir() or any(
+                not re.fullmatch(r"\d{6}\.png", item.name) for item in folder.iterdir())):
+            raise ValueError(f"{folder}: exists and holds files segnet did not write, and segnet would replace it "
+                             "with the video's label maps; choose another --out, move it away, or --overwrite")
+
+
 def _segment_videos(loaded, paths, videos, stems, out, batch_size, amp, video_labels, smooth, progress):
     """predict_files' videos: ``(written, failures)``."""
     from ..data import DataError
@@ -150,6 +162,8 @@ def predict_files(loaded: LoadedModel, inputs: list[str], out_dir, mc_samples: i
         raise ValueError("--mc-samples applies to images, not videos; leave it out for "
                          f"{paths[videos[0]]}")
     check_overwrites(_planned_outputs(paths, stems, set(videos), out, mc_samples), paths, overwrite)
+    if video_labels and not overwrite:
+        _check_label_folders([out / f"{stems[index]}_labels" for index in videos])
     for stale in remove_stale_temporaries(out) if out.is_dir() else []:  # a killed predict's half-written files
         logging.getLogger("segnet").info(f"removed {stale}, left half-written by a process that was killed")
     loaded.ready(amp, images=None if videos else len(paths))  # auto sees how long the work is

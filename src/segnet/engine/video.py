@@ -9,6 +9,7 @@ with the reason, when it cannot.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -67,11 +68,10 @@ def segment_video(loaded: LoadedModel, path: str | os.PathLike, out_dir: str | o
 
     Returns ``{"overlay", "labels", "frames", "seconds", "frames_per_s", "fps", "audio"}``;
     ``audio`` says whether the sound was copied, absent or dropped (and why). A video that
-    cannot be read raises ``DataError`` naming the file; the overlay video is written
-    atomically, so a failure never leaves a half-written one.
+    cannot be read raises ``DataError`` naming the file; the overlay video and the labels
+    folder are written atomically, so a failure or an interrupt never leaves a half-written one.
     """
     import av
-    from tqdm import tqdm
 
     path, out = Path(path), Path(out_dir)
     try:
@@ -80,45 +80,66 @@ def segment_video(loaded: LoadedModel, path: str | os.PathLike, out_dir: str | o
         raise DataError(f"{path}: not a readable video ({error}); give an MP4, MOV, AVI, MKV or WebM file") from None
     target = out / f"{stem}_overlay.mp4"
     labels_dir = out / f"{stem}_labels" if write_labels else None
-    with source:
-        if not source.streams.video:
-            raise DataError(f"{path}: has no video stream")
-        video = source.streams.video[0]
-        video.thread_type = "AUTO"
-        rate = video.average_rate or video.guessed_rate or Fraction(25)
-        out.mkdir(parents=True, exist_ok=True)
-        if labels_dir is not None:
-            labels_dir.mkdir(exist_ok=True)
-        start = time.perf_counter()
-        with atomic_path(target) as tmp, tqdm(total=video.frames or None, desc=f"segmenting {path.name}",
-                                              unit="frame", disable=bar_disabled(progress)) as bar:
-            sink = av.open(str(tmp), "w", format="mp4")
-            try:
-                writer = _OverlayWriter(loaded, sink, video, rate, labels_dir, amp, smooth)
-                audio, audio_note = _mp4_audio(source, sink)
-                streams = [video] + ([audio] if audio is not None else [])
-                pending: list[np.ndarray] = []
-                for packet in source.demux(*streams):
-                    if packet.stream.type == "audio":
-                        if packet.dts is not None:
-                            packet.stream = sink.streams.audio[0]
-                            sink.mux(packet)
-                        continue
-                    for frame in packet.decode():
-                        pending.append(frame.to_ndarray(format="rgb24"))
-                        if len(pending) == batch_size:
-                            bar.update(writer.write(pending))
-                bar.update(writer.write(pending))
-                if writer.frames == 0:
-                    raise DataError(f"{path}: no frame could be decoded")
-                writer.finish()
-            except av.FFmpegError as error:
-                raise DataError(f"{path}: the video could not be decoded to the end ({error})") from None
-            finally:
-                sink.close()
+    # label maps go to a hidden folder first and replace STEM_labels only when every frame is in:
+    # a failure or Ctrl-C leaves no partial folder, and a killed run's one is removed on the next start
+    staging = out / f".{stem}_labels.tmp{os.getpid()}" if write_labels else None
+    try:
+        with source:
+            writer, rate, audio_note, start = _segment_frames(loaded, source, path, out, target, staging, batch_size,
+                                                              amp, smooth, progress)
+        if staging is not None:
+            if labels_dir.is_dir():
+                shutil.rmtree(labels_dir)  # this video's own earlier maps (predict checked whose they are)
+            os.replace(staging, labels_dir)
+    finally:
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     seconds = time.perf_counter() - start
     return {"overlay": target, "labels": labels_dir, "frames": writer.frames, "seconds": seconds,
             "frames_per_s": writer.frames / seconds if seconds else 0.0, "fps": float(rate), "audio": audio_note}
+
+
+def _segment_frames(loaded, source, path, out, target, labels_dir, batch_size, amp, smooth, progress):
+    """segment_video's decode, segment and encode loop: ``(writer, rate, audio note, start time)``."""
+    import av
+    from tqdm import tqdm
+
+    if not source.streams.video:
+        raise DataError(f"{path}: has no video stream")
+    video = source.streams.video[0]
+    video.thread_type = "AUTO"
+    rate = video.average_rate or video.guessed_rate or Fraction(25)
+    out.mkdir(parents=True, exist_ok=True)
+    if labels_dir is not None:
+        labels_dir.mkdir()
+    start = time.perf_counter()
+    with atomic_path(target) as tmp, tqdm(total=video.frames or None, desc=f"segmenting {path.name}",
+                                          unit="frame", disable=bar_disabled(progress)) as bar:
+        sink = av.open(str(tmp), "w", format="mp4")
+        try:
+            writer = _OverlayWriter(loaded, sink, video, rate, labels_dir, amp, smooth)
+            audio, audio_note = _mp4_audio(source, sink)
+            streams = [video] + ([audio] if audio is not None else [])
+            pending: list[np.ndarray] = []
+            for packet in source.demux(*streams):
+                if packet.stream.type == "audio":
+                    if packet.dts is not None:
+                        packet.stream = sink.streams.audio[0]
+                        sink.mux(packet)
+                    continue
+                for frame in packet.decode():
+                    pending.append(frame.to_ndarray(format="rgb24"))
+                    if len(pending) == batch_size:
+                        bar.update(writer.write(pending))
+            bar.update(writer.write(pending))
+            if writer.frames == 0:
+                raise DataError(f"{path}: no frame could be decoded")
+            writer.finish()
+        except av.FFmpegError as error:
+            raise DataError(f"{path}: the video could not be decoded to the end ({error})") from None
+        finally:
+            sink.close()
+    return writer, rate, audio_note, start
 
 
 def _mp4_audio(source, sink):
@@ -160,9 +181,8 @@ class _OverlayWriter:
             for packet in self.encoder.encode(av.VideoFrame.from_ndarray(blended, format="rgb24")):
                 self.sink.mux(packet)
             self.frames += 1
-            if self.labels_dir is not None:
-                with atomic_path(self.labels_dir / f"{self.frames:06d}.png") as label_tmp:
-                    palette_png(label, meta).save(label_tmp, format="PNG")
+            if self.labels_dir is not None:  # a staging folder: the whole folder is what is atomic
+                palette_png(label, meta).save(self.labels_dir / f"{self.frames:06d}.png", format="PNG")
         count = len(pending)
         pending.clear()
         return count
