@@ -389,3 +389,23 @@ def test_a_16_bit_image_reads_the_same_from_a_file_an_upload_and_a_pil_image(tmp
     assert torch.equal(decode_upload(path.read_bytes(), minimum=8), from_file)
     loaded = LoadedModel(create_model("segnet_basic", 6), SYNTHETIC_META, RAW, None, "test", "segnet_basic")
     assert torch.equal(loaded.segment(Image.open(path)), loaded.segment(path))
+
+
+def test_a_full_disk_while_predicting_says_so_names_the_file_and_leaves_nothing_half_written(tmp_path, capsys,
+                                                                                             monkeypatch):
+    import errno
+
+    from segnet.cli import main
+
+    photo = _street(tmp_path / "x.png")
+    out = tmp_path / "o"
+
+    def full_disk_save(self, target, *args, **kwargs):
+        open(target, "wb").write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(Image.Image, "save", full_disk_save)
+    assert main(["predict", "--model", "segnet_basic", str(photo), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{out / 'x.png'}: the disk is full; nothing was replaced" in err and ".tmp" not in err
+    assert [p.name for p in out.iterdir()] == []  # no temporary file left

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from contextlib import contextmanager
@@ -18,8 +19,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:  # said as such, with the real name, not the temporary one
+            raise disk_full(path) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def disk_full(path: Path, reason: str = "the disk is full") -> OSError:
+    """The error for a write that ran out of space (or failed) at ``path``: the previous file is kept."""
+    return OSError(errno.ENOSPC if reason == "the disk is full" else errno.EIO,
+                   f"{reason}; nothing was replaced (the previous {path.name}, if any, is intact). Free some space "
+                   "or choose another --out", str(path))
 
 
 def write_json(path: str | os.PathLike, data) -> None:

@@ -16,7 +16,6 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import pickle
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from ..data import DatasetMeta
-from ..files import atomic_path
+from ..files import atomic_path, disk_full
 from ..models import create_model
 
 FORMAT = "segnet-checkpoint"
@@ -91,13 +90,10 @@ def _write(payload: dict, path: Path) -> None:
     try:
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
-    except (RuntimeError, OSError) as error:
-        full = getattr(error, "errno", None) == errno.ENOSPC or shutil.disk_usage(path.parent).free < 64 * 2**20
-        if not full and not isinstance(error, RuntimeError):
-            raise
-        reason = "the disk is full" if full else f"the write failed ({str(error).splitlines()[0]})"
-        raise OSError(errno.ENOSPC if full else errno.EIO, f"{reason}; nothing was replaced (the previous "
-                      f"{path.name}, if any, is intact). Free some space or choose another --out", str(path)) from None
+    except RuntimeError as error:  # torch's own words for a failed write
+        full = shutil.disk_usage(path.parent).free < 64 * 2**20
+        raise disk_full(path, "the disk is full" if full else
+                        f"the write failed ({str(error).splitlines()[0]})") from None
 
 
 # What a checkpoint needs for inference; the rest (optimizer, RNG state, history) is for resuming.
