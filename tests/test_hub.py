@@ -157,8 +157,33 @@ def test_cli_slim_to_safetensors_then_predict_with_the_folder(tmp_path, capsys):
                  "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "a.png").is_file()
     assert main(["slim", "camvid_segnet_basic", "--format", "safetensors", "--weights", "int8",
-                 "--out", str(tmp_path / "n")]) == 2
-    assert "holds the weights in fp32" in capsys.readouterr().err
+                 "--out", str(tmp_path / "n")]) == 0
+    assert "in int8" in capsys.readouterr().out
+    config = json.loads((tmp_path / "n" / "config.json").read_text())
+    assert config["version"] == 2 and config["stored_weights"] == "int8"
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["version"] == 1  # fp32 folders stay readable
+    assert (tmp_path / "n" / "model.safetensors").stat().st_size < 0.3 * (tmp_path / "m" / "model.safetensors").stat().st_size
+
+
+def test_an_int8_folder_loads_to_within_half_a_step_and_refuses_edits(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    shipped = segnet.load_model("camvid_segnet_basic")
+    folder = shipped.save_pretrained(tmp_path / "n", weights="int8")
+    again = segnet.from_pretrained(folder)
+    stored = load_file(folder / "model.safetensors")
+    for key, value in shipped.model.state_dict().items():
+        restored = again.model.state_dict()[key]
+        if value.is_floating_point() and value.dim() == 4:  # a kernel: int8 on disk, within half a scale step
+            assert stored[key].dtype == torch.int8
+            step = stored[key + ".int8_scale"]
+            assert ((restored - value).abs() <= step / 2 + 1e-7).all()
+        else:
+            assert torch.equal(restored, value)
+    stored.pop(next(key for key in stored if key.endswith(".int8_scale")))  # an edited file
+    save_file(stored, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match="int8 without a scale"):
+        segnet.from_pretrained(folder)
 
 
 def test_torch_hub_loads_each_shipped_model_from_a_checkout():

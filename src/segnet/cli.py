@@ -337,8 +337,6 @@ def _slim_to_folder(args, source: Path) -> int:
     """slim --format safetensors: the model as a folder (weights, config.json, model card)."""
     from .engine import load_model
 
-    if args.weights != "fp32":
-        raise ValueError("--weights int8 is for .pt files; a safetensors folder holds the weights in fp32")
     if args.keep:
         raise ValueError("--keep is for .pt files; a safetensors folder always carries the recipe, configuration "
                          "and scores the checkpoint has (in config.json)")
@@ -347,9 +345,11 @@ def _slim_to_folder(args, source: Path) -> int:
         card = Path(args.card).read_text(encoding="utf-8")
         if card.startswith("---\n"):  # a card written by hub_card: its body follows the YAML header
             card = card.split("\n---\n", 1)[1].lstrip("\n")
-    folder = load_model(source).save_pretrained(args.out, **({"model_card": card} if card is not None else {}))
+    folder = load_model(source).save_pretrained(args.out, weights=args.weights,
+                                                **({"model_card": card} if card is not None else {}))
     size = (folder / "model.safetensors").stat().st_size / 1e6
-    print(f"wrote {folder}/ (model.safetensors {size:.1f} MB, config.json, README.md); use it with --checkpoint "
+    stored = ", convolution kernels in int8" if args.weights == "int8" else ""
+    print(f"wrote {folder}/ (model.safetensors {size:.1f} MB{stored}, config.json, README.md); use it with --checkpoint "
           f"{folder}, segnet.from_pretrained('{folder}'), or upload the folder to a model hub")
     return 0
 
@@ -535,9 +535,9 @@ def _planned_outputs(args: argparse.Namespace) -> list[Path]:
     if args.command == "benchmark":
         return [out.with_suffix(".md"), out.with_suffix(".json")]
     if args.command == "slim" and args.format == "safetensors":
-        from .engine.hub import FOLDER_FILES
+        from .engine.hub import FILES
 
-        return [out / name for name in FOLDER_FILES]
+        return [out / name for name in FILES]
     return [out]  # export, slim, data pack: one file
 
 
@@ -819,7 +819,8 @@ def _add_slim(sub) -> None:
     p.add_argument("--card", metavar="MARKDOWN", help="with --format safetensors: the model card's text (its "
                    "YAML header, if any, is replaced by one made from config.json)")
     p.add_argument("--weights", choices=list(WEIGHT_STORAGE), default="fp32",
-                   help="how to store the convolution kernels (default: fp32, exactly as trained)")
+                   help="how to store the convolution kernels, in a .pt file or a safetensors folder (default: "
+                   "fp32, exactly as trained; int8: a quarter of the size)")
     p.add_argument("--keep", nargs="+", metavar="ENTRY",
                    help="further entries to carry over, e.g. config metrics (the recipe and the scores)")
     _overwrite_option(p)

@@ -15,11 +15,13 @@ import math
 import os
 from pathlib import Path
 
+import torch
 
 from ..files import atomic_path
 
 FOLDER_FORMAT = "segnet-pretrained"
-FOLDER_VERSION = 1
+FOLDER_VERSION = 2  # 2: convolution kernels may be stored in int8 (a segnet reading only 1 refuses those)
+INT8_SCALE_SUFFIX = ".int8_scale"  # beside each int8 kernel KEY: KEY.int8_scale, one fp32 scale per output channel
 FILES = ("model.safetensors", "config.json", "README.md")
 HUB_PREFIX = "hf-hub:"
 MAX_CONFIG_BYTES = 4_000_000  # a config.json is a few kB; anything near this is not one
@@ -81,6 +83,7 @@ CONFIG_SCHEMA = {
     "provenance": (False, _of_type(dict), "an object (recipe, training configuration, epoch)"),
     "test_metrics": (False, _of_type(dict), "an object (the test scores)"),
     "model_card": (False, _of_type(str), "the model card's text (Markdown)"),
+    "stored_weights": (False, lambda v, c: v in ("fp32", "int8"), "'fp32' or 'int8' (convolution kernels)"),
 }
 
 
@@ -132,8 +135,14 @@ def read_model_folder(folder: str | os.PathLike) -> dict:
         state = load_file(folder / "model.safetensors")
     except (SafetensorError, OSError, RuntimeError) as error:
         raise ValueError(f"{folder / 'model.safetensors'}: not a readable safetensors file ({error})") from None
+    scales = {key[:-len(INT8_SCALE_SUFFIX)]: state.pop(key) for key in list(state) if key.endswith(INT8_SCALE_SUFFIX)}
+    stored = "int8" if scales or any(value.dtype == torch.int8 for value in state.values()) else "fp32"
+    if stored == "int8":
+        from .checkpoint import dequantize_kernels
+
+        state = dequantize_kernels(state, scales, folder / "model.safetensors")
     checkpoint = {
-        "format": "segnet-checkpoint", "version": 1,
+        "format": "segnet-checkpoint", "version": 1, "stored_weights": stored,
         "model": {"name": config["architecture"], "num_classes": config["num_classes"], "options": config["options"]},
         "dataset": {"name": config["dataset"], "class_names": config["class_names"], "palette": config["palette"],
                     "ignore_index": config["ignore_index"], "ignore_color": config["ignore_color"]},
@@ -163,15 +172,14 @@ def folder_config(loaded, provenance: dict | None = None, test_metrics: dict | N
     return check_config(json.loads(json.dumps(config)), "the configuration to write")
 
 
-FOLDER_FILES = ("model.safetensors", "config.json", "README.md")  # what save_pretrained writes
-
-
 def save_pretrained(loaded, folder: str | os.PathLike, provenance: dict | None = None,
-                    test_metrics: dict | None = None, model_card: str | None = None) -> Path:
+                    test_metrics: dict | None = None, model_card: str | None = None, weights: str = "fp32") -> Path:
     """Write ``loaded`` (a ``LoadedModel``) to ``folder``: ``model.safetensors``,
     ``config.json`` and ``README.md`` (``hub_card``). ``provenance``, ``test_metrics`` and
-    ``model_card`` (the card's body text) default to what ``loaded`` carries. Each file
-    is written atomically; other files in the folder are left alone."""
+    ``model_card`` (the card's body text) default to what ``loaded`` carries. ``weights``:
+    ``fp32``, or ``int8`` for the convolution kernels (per output channel, as ``segnet slim
+    --weights int8``: about a quarter of the size). Each file is written atomically; other
+    files in the folder are left alone."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -183,6 +191,16 @@ def save_pretrained(loaded, folder: str | os.PathLike, provenance: dict | None =
                            test_metrics if test_metrics is not None else extras.get("test_metrics"),
                            model_card if model_card is not None else extras.get("model_card"))
     state = {key: value.detach().cpu().contiguous() for key, value in loaded.model.state_dict().items()}
+    if weights == "int8":
+        from .checkpoint import quantize_kernels
+
+        state, scales = quantize_kernels(state)
+        state.update({key + INT8_SCALE_SUFFIX: scale.contiguous() for key, scale in scales.items()})
+        config.update(version=FOLDER_VERSION, stored_weights="int8")
+    elif weights != "fp32":
+        raise ValueError(f"weights must be fp32 or int8, got {weights!r}")
+    else:
+        config["version"] = 1  # readable by every segnet that reads folders
     with atomic_path(folder / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": FOLDER_FORMAT, "architecture": config["architecture"]})
     with atomic_path(folder / "config.json") as tmp:
