@@ -250,6 +250,35 @@ def test_resident_loader_covers_split_and_shards():
         assert set(lab.unique().tolist()) <= set(labels.unique().tolist()) | {255}
 
 
+def test_resident_loader_colour_jitter_changes_pixels_only_and_shards_like_one_process():
+    from segnet.data.resident import _color_jitter
+
+    ds = SyntheticRoadScenes("train", count=8, size=(40, 48))
+    images = torch.stack([ds.load(i)[0] for i in range(8)])
+    labels = torch.stack([ds.load(i)[1] for i in range(8)]).to(torch.uint8)
+    raw = (0.0,) * 3, (1 / 255,) * 3  # the loader then hands back 0-255 pixel values
+    options = dict(hflip=True, scale=(0.8, 1.2), seed=4, drop_last=True)
+    plain = list(ResidentLoader(images, labels, 4, *raw, 255, **options))
+    jittered = list(ResidentLoader(images, labels, 4, *raw, 255, color_jitter=0.4, **options))
+    for (plain_images, plain_labels), (images_j, labels_j) in zip(plain, jittered):
+        assert not torch.equal(plain_labels, labels_j) or not torch.allclose(plain_images, images_j)
+        assert images_j.min() >= 0 and images_j.max() <= 255 + 1e-3
+    ranks = [list(ResidentLoader(images, labels, 2, *raw, 255, rank=r, world_size=2, color_jitter=0.4, **options))
+             for r in (0, 1)]
+    for whole, first, second in zip(jittered, *ranks):
+        assert torch.equal(whole[0], torch.cat([first[0], second[0]]))
+    # the three factors, one at a time, on a known image
+    pixels = torch.tensor([[[[100.0]], [[50.0]], [[0.0]]]]).expand(1, 3, 2, 2).clone()
+    assert torch.allclose(_color_jitter(pixels, torch.tensor([[2.0, 1.0, 1.0]])), (pixels * 2).clamp(0, 255))
+    assert torch.allclose(_color_jitter(pixels, torch.tensor([[1.0, 0.0, 1.0]])),
+                          torch.full_like(pixels, 0.299 * 100 + 0.587 * 50))  # no contrast: the mean grey
+    grey = _color_jitter(pixels, torch.tensor([[1.0, 1.0, 0.0]]))
+    assert torch.allclose(grey[:, 0], grey[:, 2])  # no saturation: every channel the same
+    assert torch.equal(_color_jitter(pixels, torch.ones(1, 3)), pixels)
+    with pytest.raises(ValueError, match="color_jitter"):
+        ResidentLoader(images, labels, 4, *raw, 255, color_jitter=1.5)
+
+
 def test_resident_loader_crops_are_per_sample_aligned_and_shard_like_one_process():
     # each pixel encodes its own coordinates, so a crop can be located exactly in its image
     n, height, width = 8, 20, 30

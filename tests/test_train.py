@@ -301,8 +301,8 @@ def test_reproduce_goes_on_when_one_model_diverges(tmp_path, capsys, monkeypatch
 @pytest.mark.slow
 def test_resume_extends_finished_runs_exactly_with_crops_and_recorded_changes(tmp_path, capsys):
     """2 epochs straight == 1 epoch, then --resume --epochs 2 (a finished run extended):
-    same weights, bit for bit, with per-sample crops, flips and the machine's autocast."""
-    options = {**TINY, "crop": [24, 32], "hflip": True, "scale": [0.8, 1.2]}
+    same weights, bit for bit, with per-sample crops, flips, colour jitter and the machine's autocast."""
+    options = {**TINY, "crop": [24, 32], "hflip": True, "scale": [0.8, 1.2], "color_jitter": 0.3}
     straight, extended = tmp_path / "straight", tmp_path / "extended"
     train(resolve_config("paper-basic", {**options, "epochs": 2}), straight, progress=False)
     train(resolve_config("paper-basic", {**options, "epochs": 1}), extended, progress=False)

@@ -28,6 +28,9 @@ class ResidentLoader:
         crop: ``(H, W)``: after flip and zoom, each sample is cut to a random window of this
             size, drawn per sample (training at native resolution on a quarter of the
             pixels); ``None`` for whole images.
+        color_jitter: ``j`` > 0 scales each sample's brightness, contrast and saturation by
+            factors drawn from ``[1 - j, 1 + j]`` (lighting a model has not seen: another
+            drive, another hour); 0 for none, which leaves every other draw as it was.
         rank, world_size: for data-parallel training: every rank walks the same global
             batches of ``batch_size * world_size`` samples and takes its own contiguous slice
             (``batch_size`` samples), with the same flips and zoom as a single process
@@ -48,6 +51,7 @@ class ResidentLoader:
         hflip: bool = False,
         scale: tuple[float, float] = (1.0, 1.0),
         crop: tuple[int, int] | None = None,
+        color_jitter: float = 0.0,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -62,7 +66,9 @@ class ResidentLoader:
         self.crop = tuple(crop) if crop is not None else None
         self.batch_size, self.mean, self.std = batch_size, mean, std
         self.ignore_index, self.shuffle, self.drop_last = ignore_index, shuffle, drop_last
-        self.hflip, self.scale, self.seed = hflip, scale, seed
+        if not 0 <= color_jitter < 1:
+            raise ValueError(f"color_jitter must be in [0, 1), not {color_jitter!r}")
+        self.hflip, self.scale, self.seed, self.color_jitter = hflip, scale, seed, color_jitter
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
@@ -93,7 +99,12 @@ class ResidentLoader:
             factor = float(torch.empty(1).uniform_(*self.scale, generator=generator)) if self.scale != (1.0, 1.0) else 1.0
             mine = torch.tensor_split(torch.arange(len(step)), self.world_size)[self.rank]
             index = step[mine.to(step.device)]
-            images = normalize(self.images[index], self.mean, self.std)
+            if self.color_jitter:
+                factors = 1 + (torch.rand(len(step), 3, generator=generator) * 2 - 1) * self.color_jitter
+                pixels = _color_jitter(self.images[index].float(), factors[mine].to(self.images.device))
+                images = normalize(pixels, self.mean, self.std)
+            else:
+                images = normalize(self.images[index], self.mean, self.std)
             labels = self.labels[index].long()
             if flip is not None:
                 mine_flip = flip[mine].to(images.device)
@@ -104,6 +115,17 @@ class ResidentLoader:
             if self.crop is not None:
                 images, labels = _crop(images, labels, self.crop, len(step), mine, generator)
             yield images, labels
+
+
+def _color_jitter(pixels: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """0-255 float images ``(B, 3, H, W)`` with brightness, contrast and saturation scaled by
+    ``factors`` ``(B, 3)``, in that order, clipped back to 0-255."""
+    brightness, contrast, saturation = (factors[:, i].view(-1, 1, 1, 1) for i in range(3))
+    pixels = pixels * brightness
+    gray = (pixels * torch.tensor([0.299, 0.587, 0.114], device=pixels.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    pixels = (pixels - gray.mean((2, 3), keepdim=True)) * contrast + gray.mean((2, 3), keepdim=True)
+    gray = (pixels * torch.tensor([0.299, 0.587, 0.114], device=pixels.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return ((pixels - gray) * saturation + gray).clamp(0, 255)
 
 
 def _crop(images, labels, size, global_batch, mine, generator):

@@ -46,6 +46,7 @@ class TrainConfig:
     crop: list[int] | None = None  # [H, W] random training windows (validation on whole frames)
     hflip: bool = False
     scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    color_jitter: float = 0.0  # brightness, contrast and saturation each scaled in [1 - j, 1 + j] per image
     val_every: int = 10  # epochs between validations (and always after the last epoch)
     val_bn_images: int = 0  # >0: recompute BN statistics over this many training frames before each validation
     select_by: str = "global_accuracy"  # the validation score that picks best.pt
@@ -184,5 +185,8 @@ def check_config(config: TrainConfig) -> None:
     if config.crop is not None and config.size is not None and (
             config.crop[0] > config.size[0] or config.crop[1] > config.size[1]):
         raise ValueError(f"crop {config.crop} must fit in the training size {config.size}")
+    if not isinstance(config.color_jitter, (int, float)) or isinstance(config.color_jitter, bool) or not (
+            0 <= config.color_jitter < 1):
+        raise ValueError(f"color_jitter must be a number in [0, 1), not {config.color_jitter!r}")
     if len(config.scale) != 2 or not 0 < config.scale[0] <= config.scale[1]:
         raise ValueError(f"scale must be [low, high] with 0 < low <= high, not {config.scale!r}")

@@ -334,7 +334,8 @@ def setup_training(config: TrainConfig, out_dir: str | os.PathLike, resume: bool
     model = _initial_model(config, meta, checkpoint)  # before anything is written: bad weights leave no run folder
     loader = ResidentLoader(train_images.to(device), train_labels.to(device), per_rank, normalization["mean"],
                             normalization["std"], meta.ignore_index, shuffle=True, drop_last=True,
-                            hflip=config.hflip, scale=tuple(config.scale), crop=config.crop, seed=config.seed,
+                            hflip=config.hflip, scale=tuple(config.scale), crop=config.crop,
+                            color_jitter=config.color_jitter, seed=config.seed,
                             rank=rank, world_size=world_size)
     if len(loader) == 0:
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_images)} training images")
