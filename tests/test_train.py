@@ -301,8 +301,9 @@ def test_reproduce_goes_on_when_one_model_diverges(tmp_path, capsys, monkeypatch
 @pytest.mark.slow
 def test_resume_extends_finished_runs_exactly_with_crops_and_recorded_changes(tmp_path, capsys):
     """2 epochs straight == 1 epoch, then --resume --epochs 2 (a finished run extended):
-    same weights, bit for bit, with per-sample crops, flips, colour jitter and the machine's autocast."""
-    options = {**TINY, "crop": [24, 32], "hflip": True, "scale": [0.8, 1.2], "color_jitter": 0.3}
+    same weights, bit for bit, with per-sample crops, flips, colour jitter, a weight average
+    and the machine's autocast."""
+    options = {**TINY, "crop": [24, 32], "hflip": True, "scale": [0.8, 1.2], "color_jitter": 0.3, "ema": 0.9}
     straight, extended = tmp_path / "straight", tmp_path / "extended"
     train(resolve_config("paper-basic", {**options, "epochs": 2}), straight, progress=False)
     train(resolve_config("paper-basic", {**options, "epochs": 1}), extended, progress=False)
@@ -310,6 +311,8 @@ def test_resume_extends_finished_runs_exactly_with_crops_and_recorded_changes(tm
     assert main(["train", "--out", str(extended), "--resume", "--epochs", "2"]) == 0
     a, b = _weights(straight / "last.pt"), _weights(extended / "last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    a_ema, b_ema = (load_checkpoint(run / "last.pt")["ema_state_dict"] for run in (straight, extended))
+    assert all(torch.equal(a_ema[k], b_ema[k]) for k in a_ema)  # the weights' average resumes exactly too
     best = load_checkpoint(extended / "best.pt")
     assert best["bn_recomputed"] is True and "metrics_running_bn" in best
     # resuming a finished run with nothing to add works, changes nothing, and is recorded
@@ -412,3 +415,30 @@ def test_encoder_lr_scale_puts_the_encoder_in_its_own_slower_group(tmp_path):
           tmp_path, progress=False)
     groups = load_checkpoint(tmp_path / "last.pt")["optimizer"]["param_groups"]
     assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.1])
+
+
+def test_update_ema_is_a_ramped_moving_average_of_weights_and_float_buffers():
+    from segnet.engine.train import update_ema
+
+    model, average = torch.nn.BatchNorm2d(2), torch.nn.BatchNorm2d(2)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+        model.running_mean.fill_(1.0)
+        model.num_batches_tracked.fill_(7)
+    update_ema(average, model, decay=0.99, step=0)  # first step: d = 1/10
+    assert torch.allclose(average.weight, torch.full((2,), 0.1 * 1.0 + 0.9 * 3.0))
+    assert torch.allclose(average.running_mean, torch.full((2,), 0.9)) and int(average.num_batches_tracked) == 7
+    update_ema(average, model, decay=0.5, step=10**6)  # ramped past the decay: the decay itself
+    assert torch.allclose(average.weight, torch.full((2,), 0.5 * 2.8 + 0.5 * 3.0))
+
+
+def test_with_ema_best_pt_holds_the_average_that_was_validated(tmp_path):
+    # one epoch, validated once: best.pt is that epoch's average, which last.pt carries beside the weights
+    summary = train(resolve_config("paper-basic", {**TINY, "epochs": 1, "ema": 0.5, "bn_recompute": False}),
+                    tmp_path / "run", progress=False)
+    best, last = load_checkpoint(tmp_path / "run" / "best.pt"), load_checkpoint(tmp_path / "run" / "last.pt")
+    assert summary["best"]["epoch"] == 1 and "ema_state_dict" in last and "ema_state_dict" not in best
+    assert all(torch.equal(best["state_dict"][k], last["ema_state_dict"][k]) for k in best["state_dict"])
+    assert any(not torch.equal(last["state_dict"][k], last["ema_state_dict"][k]) for k in last["state_dict"])
+    with pytest.raises(ValueError, match="ema must be a decay"):
+        resolve_config("paper-basic", {"ema": 1.0})

@@ -50,6 +50,7 @@ class TrainConfig:
     val_every: int = 10  # epochs between validations (and always after the last epoch)
     val_bn_images: int = 0  # >0: recompute BN statistics over this many training frames before each validation
     select_by: str = "global_accuracy"  # the validation score that picks best.pt
+    ema: float = 0.0  # >0: validate and keep an exponential moving average of the weights with this decay per step
     bn_recompute: bool = True  # after training, recompute BN statistics of best.pt over the training set
     amp: str = "auto"  # auto (bf16 on CUDA and CPUs with native bf16, else fp32) | bf16 | off
     channels_last: bool = True
@@ -174,6 +175,8 @@ def check_config(config: TrainConfig) -> None:
         value = getattr(config, key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{key} must be a non-negative number, not {value!r}")
+    if not isinstance(config.ema, (int, float)) or isinstance(config.ema, bool) or not 0 <= config.ema < 1:
+        raise ValueError(f"ema must be a decay in [0, 1) (e.g. 0.99; 0 for none), not {config.ema!r}")
     if not isinstance(config.val_bn_images, int) or isinstance(config.val_bn_images, bool) or config.val_bn_images < 0:
         raise ValueError(f"val_bn_images must be a non-negative integer, not {config.val_bn_images!r}")
     if config.batch_size % config.accumulate:

@@ -14,6 +14,7 @@ rank 0 writes files.
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import math
@@ -300,6 +301,7 @@ class TrainingState:
     reference_loss: float | None = None  # the first step's loss: the yardstick of the divergence guard
     segments: list = field(default_factory=list)  # one per start or resume
     hours: float = 0.0
+    ema: nn.Module | None = None  # the weights' moving average (config.ema > 0): what is validated and kept
 
     def autocast(self):
         """A fresh precision context (bf16 autocast or nothing)."""
@@ -356,6 +358,8 @@ def setup_training(config: TrainConfig, out_dir: str | os.PathLike, resume: bool
                           val_images, val_labels, meta, normalization,
                           torch.tensor(balancing["weights"], dtype=torch.float32, device=device), precision, runtime,
                           progress, segments=[{"start_epoch": 0, "runtime": runtime}])
+    if config.ema:
+        state.ema = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
     if checkpoint is not None:
         _restore(state, checkpoint, changes)
     if rank == 0:
@@ -401,6 +405,8 @@ def _placed_model_and_optimizer(config: TrainConfig, model: nn.Module, device: t
 def _restore(state: TrainingState, checkpoint: dict, changes: dict) -> None:
     """Continue where ``checkpoint`` (a run's last.pt) stopped: optimiser, counters, history, random state."""
     state.optimizer.load_state_dict(checkpoint["optimizer"])
+    if state.ema is not None:
+        state.ema.load_state_dict(checkpoint["ema_state_dict"])
     state.start_epoch, state.step = checkpoint["epoch"], checkpoint["step"]
     state.history, state.best = checkpoint["history"], checkpoint["best"]
     state.reference_loss = checkpoint.get("reference_loss",
@@ -477,6 +483,8 @@ def train_one_epoch(state: TrainingState, epoch: int) -> dict:
             raise _diverged(state, loss, epoch)
         state.optimizer.step()
         state.optimizer.zero_grad(set_to_none=True)
+        if state.ema is not None:
+            update_ema(state.ema, unwrap(state.model), state.config.ema, state.step)
         state.step += 1
         loss_sum += float(total)
         norm_sum += float(norm)
@@ -506,9 +514,10 @@ def validate_and_select(state: TrainingState, epoch: int, last: bool) -> dict | 
     config = state.config
     if state.val_images is None or ((epoch + 1) % config.val_every and not last):
         return None
+    network = state.ema if state.ema is not None else state.model
     if config.val_bn_images:
-        _recompute_bn_on_subset(state)
-    metrics = _validate(state, state.model)
+        _recompute_bn_on_subset(state, unwrap(network))
+    metrics = _validate(state, network)
     if metrics[config.select_by] > state.best["value"]:
         state.best = {"value": metrics[config.select_by], "epoch": epoch + 1}
         if state.rank == 0:
@@ -517,11 +526,15 @@ def validate_and_select(state: TrainingState, epoch: int, last: bool) -> dict | 
 
 
 def save(state: TrainingState, name: str, epoch: int, metrics: dict | None) -> None:
-    """Write ``out/NAME`` (atomic): the network and everything a resume needs."""
+    """Write ``out/NAME`` (atomic): the network and everything a resume needs. With an
+    EMA, best.pt holds the averaged weights (what was validated) and last.pt the trained
+    ones, with the average beside them."""
     cuda = state.device.type == "cuda"
     config = state.config
+    network = state.ema if state.ema is not None and name == "best.pt" else unwrap(state.model)
+    ema = {"ema_state_dict": state.ema.state_dict()} if state.ema is not None and name == "last.pt" else {}
     save_checkpoint(
-        state.out / name, unwrap(state.model), config.model, state.meta, state.normalization,
+        state.out / name, network, config.model, state.meta, state.normalization, **ema,
         recipe=config.recipe, config=config.to_dict(), epoch=epoch, step=state.step, metrics=metrics,
         history=state.history, best=state.best, optimizer=state.optimizer.state_dict(), input_size=config.size,
         segments=state.segments, reference_loss=state.reference_loss,
@@ -595,7 +608,21 @@ def _validate(state: TrainingState, model: nn.Module) -> dict:
                     state.device, state.autocast, state.rank, state.world_size)
 
 
-def _recompute_bn_on_subset(state: TrainingState) -> None:
+def update_ema(average: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """Move ``average`` (parameters and float buffers, BN statistics among them) towards
+    ``model``: ``a = d * a + (1 - d) * m``, with ``d`` ramped up as ``(1 + step) / (10 + step)``
+    until it reaches ``decay``, so the first steps' weights do not linger in the average."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        current = model.state_dict()
+        for key, value in average.state_dict().items():
+            if value.is_floating_point():
+                value.lerp_(current[key].to(value.dtype), 1 - d)
+            else:
+                value.copy_(current[key])
+
+
+def _recompute_bn_on_subset(state: TrainingState, network: nn.Module) -> None:
     """BN statistics recomputed over ``val_bn_images`` whole training frames, evenly spread,
     before a validation. Training uses batch statistics, so replacing the running ones costs it
     nothing; at lr 0.1 the running averages lag the weights so far that validating with
@@ -607,7 +634,7 @@ def _recompute_bn_on_subset(state: TrainingState) -> None:
                             state.per_rank, state.normalization["mean"], state.normalization["std"],
                             state.meta.ignore_index, shuffle=False, drop_last=False, rank=state.rank,
                             world_size=state.world_size)
-    recompute_bn_statistics(unwrap(state.model), subset, state.device, state.world_size, state.autocast)
+    recompute_bn_statistics(network, subset, state.device, state.world_size, state.autocast)
 
 
 def _recompute_best(state: TrainingState) -> dict:
