@@ -11,7 +11,7 @@ from segnet.cli import main
 from segnet.data import build_dataset, normalize
 from segnet.data.synthetic import render_scene
 from segnet.engine import evaluate, load_checkpoint, load_model, save_checkpoint, slim_checkpoint
-from segnet.engine.checkpoint import dequantize_kernels, quantize_kernels
+from segnet.engine.int8 import dequantize_kernels, quantize_kernels
 from segnet.models import create_model
 
 

@@ -138,7 +138,7 @@ def read_model_folder(folder: str | os.PathLike) -> dict:
     scales = {key[:-len(INT8_SCALE_SUFFIX)]: state.pop(key) for key in list(state) if key.endswith(INT8_SCALE_SUFFIX)}
     stored = "int8" if scales or any(value.dtype == torch.int8 for value in state.values()) else "fp32"
     if stored == "int8":
-        from .checkpoint import dequantize_kernels
+        from .int8 import dequantize_kernels
 
         state = dequantize_kernels(state, scales, folder / "model.safetensors")
     checkpoint = {
@@ -192,7 +192,7 @@ def save_pretrained(loaded, folder: str | os.PathLike, provenance: dict | None =
                            model_card if model_card is not None else extras.get("model_card"))
     state = {key: value.detach().cpu().contiguous() for key, value in loaded.model.state_dict().items()}
     if weights == "int8":
-        from .checkpoint import quantize_kernels
+        from .int8 import quantize_kernels
 
         state, scales = quantize_kernels(state)
         state.update({key + INT8_SCALE_SUFFIX: scale.contiguous() for key, scale in scales.items()})
