@@ -121,11 +121,12 @@ def _color_jitter(pixels: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """0-255 float images ``(B, 3, H, W)`` with brightness, contrast and saturation scaled by
     ``factors`` ``(B, 3)``, in that order, clipped back to 0-255."""
     brightness, contrast, saturation = (factors[:, i].view(-1, 1, 1, 1) for i in range(3))
+    luma = torch.tensor([0.299, 0.587, 0.114], device=pixels.device).view(1, 3, 1, 1)
     pixels = pixels * brightness
-    gray = (pixels * torch.tensor([0.299, 0.587, 0.114], device=pixels.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    pixels = (pixels - gray.mean((2, 3), keepdim=True)) * contrast + gray.mean((2, 3), keepdim=True)
-    gray = (pixels * torch.tensor([0.299, 0.587, 0.114], device=pixels.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    return ((pixels - gray) * saturation + gray).clamp(0, 255)
+    mean_grey = (pixels * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    pixels = (pixels - mean_grey) * contrast + mean_grey
+    grey = (pixels * luma).sum(1, keepdim=True)
+    return ((pixels - grey) * saturation + grey).clamp(0, 255)
 
 
 def _crop(images, labels, size, global_batch, mine, generator):
