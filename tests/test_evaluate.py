@@ -18,6 +18,7 @@ from segnet.engine import evaluate, load_checkpoint, load_model, save_checkpoint
 from segnet.metrics import BoundaryF1, ConfusionMatrix
 from segnet.models import create_model
 from segnet.report import write_evaluation
+from segnet.report.evaluation import EVALUATION_FILES
 
 RAW = {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255)}  # model sees 0..255 pixel values
 
@@ -125,6 +126,7 @@ def test_write_evaluation_files(tmp_path):
     written = write_evaluation(result, tmp_path, {"model": "oracle"})
     assert set(written) == {"metrics.json", "class_metrics.csv", "image_metrics.csv", "confusion_matrix.csv",
                             "confusion_matrix.png", "class_iou.png", "samples.png", "report.html"}
+    assert set(written) == set(EVALUATION_FILES)  # the overwrite check plans with that list
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("global_accuracy", "mean_accuracy", "mean_iou", "weighted_iou", "mean_bf_score"):
         assert 0.0 <= metrics[key] <= 1.0

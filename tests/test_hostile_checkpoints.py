@@ -81,9 +81,11 @@ def test_encoder_weights_that_are_not_a_state_dict_are_a_clear_error(tmp_path, c
     assert status == 2 and str(weights) in err and "not a readable weights file" in err, err
 
 
-def test_a_full_disk_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    """torch reports a full disk as 'unexpected pos'; segnet says the disk is full, names the
-    file and keeps what was there. (A stand-in for torch.save fails the way a full disk does.)"""
+@pytest.mark.parametrize("free,said", [(0, "the disk is full"), (10**9, "the write failed (file write failed)")])
+def test_a_full_disk_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys, free, said):
+    """torch reports a full disk as 'file write failed'; segnet says the disk is full (or, with
+    space left, that the write failed), names the file and keeps what was there. (A stand-in
+    for torch.save fails the way a full disk does.)"""
     import shutil as shutil_module
     from collections import namedtuple
 
@@ -95,14 +97,14 @@ def test_a_full_disk_while_saving_keeps_the_last_good_checkpoint(tmp_path, monke
 
     def full_disk_save(payload, target):
         open(target, "wb").write(b"partial")
-        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
-                           "data/3: unexpected pos 2048 vs 1024")
+        raise RuntimeError("file write failed\n[enforce fail at inline_container.cc:778] . PytorchStreamWriter "
+                           "failed writing file data/3: unexpected pos 2048 vs 1024")
 
     monkeypatch.setattr(torch, "save", full_disk_save)
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(shutil_module, "disk_usage", lambda _: usage(10**9, 10**9, 0))
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda _: usage(10**9, 10**9, free))
     with pytest.raises(OSError) as caught:
         save_checkpoint(path, loaded.model, "segnet_basic", loaded.meta, loaded.normalization)
     message, status = describe_error(caught.value)
-    assert "the disk is full" in message and str(path) in message and status == 1
+    assert said in message and str(path) in message and status == 1
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

@@ -21,15 +21,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as error:
         if error.errno == errno.ENOSPC:  # said as such, with the real name, not the temporary one
-            raise disk_full(path) from None
+            raise write_error(path) from None
         raise
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def disk_full(path: Path, reason: str = "the disk is full") -> OSError:
-    """The error for a write that ran out of space (or failed) at ``path``: the previous file is kept."""
-    return OSError(errno.ENOSPC if reason == "the disk is full" else errno.EIO,
+def write_error(path: Path, failure: str | None = None) -> OSError:
+    """The error for a write at ``path`` that ran out of space (``failure`` None) or failed
+    otherwise (``failure`` says how): the previous file is kept."""
+    reason = "the disk is full" if failure is None else f"the write failed ({failure})"
+    return OSError(errno.ENOSPC if failure is None else errno.EIO,
                    f"{reason}; nothing was replaced (the previous {path.name}, if any, is intact). Free some space "
                    "or choose another --out", str(path))
 

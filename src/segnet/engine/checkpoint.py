@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..data import DatasetMeta
-from ..files import atomic_path, disk_full
+from ..files import atomic_path, write_error
 from .int8 import dequantize_kernels, quantize_kernels
 from ..models import create_model
 
@@ -93,8 +93,7 @@ def _write(payload: dict, path: Path) -> None:
             torch.save(payload, tmp)
     except RuntimeError as error:  # torch's own words for a failed write
         full = shutil.disk_usage(path.parent).free < 64 * 2**20
-        raise disk_full(path, "the disk is full" if full else
-                        f"the write failed ({str(error).splitlines()[0]})") from None
+        raise write_error(path, None if full else str(error).splitlines()[0]) from None
 
 
 # What a checkpoint needs for inference; the rest (optimizer, RNG state, history) is for resuming.

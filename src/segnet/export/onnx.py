@@ -62,22 +62,12 @@ def parity_ok(numbers: dict) -> bool:
     return numbers["values_off_fraction"] <= MAX_OFF_FRACTION and numbers["label_agreement"] >= MIN_LABEL_AGREEMENT
 
 
-def _export(prepared: torch.nn.Module, sample: torch.Tensor, path: Path, floor: int, levels: int) -> int:
-    """Export with dynamic batch, height and width from ``floor`` up; returns the floor used.
-    Some networks trace to guards a little above the pooling floor (FCN-8s's transposed
-    convolutions need 32 pixels, ``2 ** levels``); they are exported from that size up."""
-    lows = [floor] if floor >= 2 ** levels else [floor, 2 ** levels]
-    for attempt, low in enumerate(lows, 1):
-        dims = {0: torch.export.Dim("batch", min=1, max=4096), 2: torch.export.Dim("height", min=low, max=8192),
-                3: torch.export.Dim("width", min=low, max=8192)}
-        try:
-            torch.onnx.export(prepared, (sample,), path, dynamo=True, input_names=["image"], output_names=["logits"],
-                              dynamic_shapes={"x": dims}, external_data=False)
-            break
-        except Exception:  # noqa: BLE001 -- torch.export's constraint errors share no type
-            if attempt == len(lows):
-                raise
-    return low
+def _export(prepared: torch.nn.Module, sample: torch.Tensor, path: Path, floor: int) -> None:
+    """Export with dynamic batch, and height and width from ``floor`` (the model's smallest input) up."""
+    dims = {0: torch.export.Dim("batch", min=1, max=4096), 2: torch.export.Dim("height", min=floor, max=8192),
+            3: torch.export.Dim("width", min=floor, max=8192)}
+    torch.onnx.export(prepared, (sample,), path, dynamo=True, input_names=["image"], output_names=["logits"],
+                      dynamic_shapes={"x": dims}, external_data=False)
 
 
 def export_onnx(
@@ -119,11 +109,7 @@ def export_onnx(
 
     sample = random_images(1, 3, *sizes[0])
     with atomic_path(path) as tmp:
-        floor = _export(prepared, sample, tmp, floor, getattr(model, "pool_levels", 5))
-        too_small = [f"{h}x{w}" for h, w in sizes if min(h, w) < floor]
-        if too_small:
-            raise ValueError(f"{type(model).__name__} exports for inputs of at least {floor}x{floor}; check size "
-                             f"{', '.join(too_small)} is below that; give --check-sizes of at least {floor}")
+        _export(prepared, sample, tmp, floor)
         proto = onnx.load(str(tmp))
         for key, value in {**(metadata or {}), "index_free": index_free, "batchnorm_folded": True,
                                   "min_input_size": [floor, floor], "max_input_size": [8192, 8192]}.items():
