@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .precision import cpu_description, resolve_amp
+from . import precision
+from .precision import resolve_amp
 
 ENGINES = ("auto", "eager", "compile", "onnxruntime", "int8")
 # torch.compile pays only when the images to segment outweigh its start-up: on a 2-core AMX
@@ -46,7 +47,7 @@ def choose_engine(device: str | torch.device, images: int | None = None, flags: 
     onnxruntime's export costs start-up time and an extra, so it is offered, not chosen)."""
     if torch.device(device).type == "cuda":
         return "eager"
-    flags = cpu_description()["flags"] if flags is None else flags
+    flags = precision.cpu_description()["flags"] if flags is None else flags
     if "amx_bf16" in flags and (images is None or images >= COMPILE_PAYS_AFTER):
         return "compile"
     return "eager"

@@ -12,7 +12,8 @@ import time
 import torch
 
 from ..models import create_model
-from .precision import autocast, avoid_amx_bias_crash, cpu_description, resolve_amp
+from . import precision
+from .precision import autocast, avoid_amx_bias_crash, resolve_amp
 from .train import train_step
 
 
@@ -76,5 +77,5 @@ def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model with its vector flags and torch's thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = cpu_description()
+    cpu = precision.cpu_description()
     return f"{cpu['model']} ({' '.join(cpu['flags'])}), {torch.get_num_threads()} threads"
