@@ -146,6 +146,7 @@ def test_reproduce_all_plans_runs_labels_bundles_and_imports(tmp_path, capsys):
     summary = reproduce_all(None, out, 45, dataset="synthetic", device="cpu", models=["segnet_basic", "fcn_basic"],
                             overrides=TINY, benchmark=True, progress=True, clock=Clock(),
                             measure=fixed_costs(epoch_seconds=8.0))
+    assert summary["started"] == "1970-01-01 00:16:40"  # the clock's first reading (1000 s), before measuring
     printed = capsys.readouterr().out
     assert "plan for" in printed and "budget-limited" in printed  # the plan is printed before training
     assert [run["name"] for run in summary["runs"]] == ["segnet_basic", "fcn_basic"]

@@ -453,6 +453,7 @@ def reproduce_all(root: str | None, out_dir: str | os.PathLike, budget_seconds: 
 
     measure = measure or measure_runs
     started = clock()
+    started_utc = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started))  # measuring can take long
     deadline = started + budget_seconds
     # writing the bundle and a margin for estimates that run long
     reserve = reserve_seconds if reserve_seconds is not None else max(5.0, 0.05 * budget_seconds)
@@ -480,7 +481,7 @@ def reproduce_all(root: str | None, out_dir: str | os.PathLike, budget_seconds: 
         say("benchmarking inference ...")
         _benchmark(runs, out, overrides, measured, torch_device, progress)
     summary = {"device": device_name(torch_device), "budget_seconds": budget_seconds,
-               "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "dataset": dataset,
+               "started": started_utc, "dataset": dataset,
                "measured": measured, "side_by_side": {"processes": processes, "speedup": speedup},
                "overrides": overrides, "runs": []}
 
