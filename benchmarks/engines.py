@@ -16,8 +16,9 @@ plain fp32 against the default path and against int8 (calibrated on 4 training f
 never on test frames); mIoU and G with their difference.
 
 ``--emulate-avx2`` restricts oneDNN and ATen to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``,
-``ATEN_CPU_CAPABILITY=avx2``) and hides the CPU's bf16 flags from segnet's rule: an
-approximation of an AVX2-only CPU on the same cores, not a measurement of one.
+``ATEN_CPU_CAPABILITY=avx2``) and hides the CPU's bf16 flags from segnet's rules
+(``SEGNET_CPU_FLAGS=avx2``): an approximation of an AVX2-only CPU on the same cores, not a
+measurement of one.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def main() -> None:
     parser.add_argument("--emulate-avx2", action="store_true")
     args = parser.parse_args()
     if args.emulate_avx2 and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":
-        os.environ.update(ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2")
+        os.environ.update(ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2", SEGNET_CPU_FLAGS="avx2")
         os.execv(sys.executable, [sys.executable, *sys.argv])  # the ISA limit must be set before torch loads
 
     import torch
@@ -50,9 +51,6 @@ def main() -> None:
     from segnet.engine.measure import device_name
     from segnet.models import create_model
 
-    if args.emulate_avx2:
-        real = precision.cpu_description()
-        precision.cpu_description = lambda: {"model": real["model"] + " (emulated AVX2-only)", "flags": ["avx2"]}
     model = create_model(args.model, 11).eval()
     x = torch.rand(1, 3, 360, 480)
     paths, startup = {}, {}

@@ -39,6 +39,32 @@ def test_amp_resolves_by_device_and_cpu_flags(monkeypatch):
     assert "flags" in cpu_description() and set(cpu_description()["flags"]) <= set(precision.CPU_FLAGS_OF_INTEREST)
 
 
+
+def test_cpu_flags_override_reaches_the_rules(monkeypatch):
+    """SEGNET_CPU_FLAGS replaces the CPU's flags for every rule (how AVX2 is emulated)."""
+    from segnet.engine.engines import choose_engine
+
+    real = cpu_description()
+    try:
+        monkeypatch.setenv("SEGNET_CPU_FLAGS", "avx2")
+        cpu_description.cache_clear()
+        assert cpu_description() == {"model": real["model"] + " (flags from SEGNET_CPU_FLAGS)", "flags": ["avx2"]}
+        assert resolve_amp("auto", "cpu") == "off"
+        assert choose_engine("cpu") == "eager"  # open-ended work compiles on AMX, not here
+        monkeypatch.setenv("SEGNET_CPU_FLAGS", "amx_bf16, avx2")
+        cpu_description.cache_clear()
+        assert cpu_description()["flags"] == ["avx2", "amx_bf16"] and resolve_amp("auto", "cpu") == "bf16"
+        assert choose_engine("cpu") == "compile"
+        monkeypatch.setenv("SEGNET_CPU_FLAGS", "avx2,sse9")
+        cpu_description.cache_clear()
+        with pytest.raises(ValueError, match="SEGNET_CPU_FLAGS='avx2,sse9': unknown flag.s. sse9"):
+            cpu_description()
+    finally:
+        monkeypatch.delenv("SEGNET_CPU_FLAGS")
+        cpu_description.cache_clear()
+    assert cpu_description() == real
+
+
 @needs_native_bf16
 def test_bf16_inference_agrees_with_fp32_on_a_native_bf16_cpu():
     _loaded = load_model(pretrained_path("camvid_segnet_basic"))

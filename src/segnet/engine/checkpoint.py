@@ -27,8 +27,8 @@ from torch import nn
 
 from ..data import DatasetMeta
 from ..files import atomic_path, write_error
-from .int8 import dequantize_kernels, quantize_kernels
 from ..models import create_model
+from .int8 import dequantize_kernels, quantize_kernels
 
 FORMAT = "segnet-checkpoint"
 VERSION = 1  # what checkpoints with fp32 weights are written as

@@ -8,6 +8,7 @@ emulated and slower than fp32, so ``auto`` must follow the hardware.
 
 from __future__ import annotations
 
+import os
 import platform
 from contextlib import nullcontext
 from functools import lru_cache
@@ -21,9 +22,16 @@ CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_b
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+# SEGNET_CPU_FLAGS=avx2 (comma-separated, among CPU_FLAGS_OF_INTEREST; empty for none) makes every
+# rule that follows the CPU (amp auto, the inference engine auto) act as on a CPU with only those
+# flags: how benchmarks/engines.py --emulate-avx2 reaches the rules, child processes included.
+CPU_FLAGS_OVERRIDE = "SEGNET_CPU_FLAGS"
+
+
 @lru_cache(maxsize=1)
 def cpu_description() -> dict:
-    """``{"model": ..., "flags": [...]}``: the CPU's name and its flags among ``CPU_FLAGS_OF_INTEREST``."""
+    """``{"model": ..., "flags": [...]}``: the CPU's name and its flags among ``CPU_FLAGS_OF_INTEREST``
+    (those in ``$SEGNET_CPU_FLAGS`` instead when it is set; the name then says so)."""
     model, flags = None, set()
     try:
         with open("/proc/cpuinfo") as handle:
@@ -37,6 +45,14 @@ def cpu_description() -> dict:
         capability = torch.backends.cpu.get_cpu_capability().lower()
         flags = {"avx2"} | ({"avx512f"} if "avx512" in capability else set())
     model = model or platform.processor() or platform.machine()
+    override = os.environ.get(CPU_FLAGS_OVERRIDE)
+    if override is not None:
+        flags = {flag.strip() for flag in override.split(",") if flag.strip()}
+        unknown = sorted(flags - set(CPU_FLAGS_OF_INTEREST))
+        if unknown:
+            raise ValueError(f"{CPU_FLAGS_OVERRIDE}={override!r}: unknown flag(s) {', '.join(unknown)}; "
+                             f"use a comma-separated list of {', '.join(CPU_FLAGS_OF_INTEREST)}, or unset it")
+        model += f" (flags from {CPU_FLAGS_OVERRIDE})"
     return {"model": model, "flags": [f for f in CPU_FLAGS_OF_INTEREST if f in flags]}
 
 
