@@ -9,7 +9,7 @@ Three ways to store the state dict, sizes as torch.save writes them:
   bf16 inference; the script checks that the logits are bit-identical on a few images;
 - int8: convolution weights int8, symmetric per output channel with one fp32 scale each,
   everything else fp32; dequantised to fp32 when loaded. This is what `segnet slim
-  --weights int8` writes (segnet.engine.int8.quantize_kernels).
+  --weights int8` writes (segnet.engine.kernel_storage.quantize_kernels).
 Then CamVid test G and mIoU (whole frames, --amp, no BF) with the weights as stored and
 after the int8 round trip.
 """
@@ -24,7 +24,7 @@ from torch import nn
 
 from segnet.data import build_dataset, normalize
 from segnet.engine import evaluate, load_model
-from segnet.engine.int8 import dequantize_kernels, quantize_kernels
+from segnet.engine.kernel_storage import dequantize_kernels, quantize_kernels
 from segnet.engine.precision import autocast, resolve_amp
 
 

@@ -1,7 +1,9 @@
-"""Slim checkpoints with int8 convolution kernels: written by `segnet slim --weights int8`,
+"""Slim checkpoints with int8 or bf16 convolution kernels: written by `segnet slim --weights`,
 read back as fp32 by every loader, refused with the tensor named when damaged."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from segnet.cli import main
 from segnet.data import build_dataset, normalize
 from segnet.data.synthetic import render_scene
 from segnet.engine import evaluate, load_checkpoint, load_model, save_checkpoint, slim_checkpoint
-from segnet.engine.int8 import dequantize_kernels, quantize_kernels
+from segnet.engine.kernel_storage import dequantize_kernels, quantize_kernels
 from segnet.models import create_model
 
 
@@ -73,8 +75,29 @@ def test_int8_slim_checkpoint_round_trip(trained_like, tmp_path):
     again = load_checkpoint(slim_checkpoint(int8, tmp_path / "again.pt"))
     assert again["version"] == 1 and "stored_weights" not in again
     assert torch.equal(again["state_dict"]["encoder.stages.0.0.weight"], checkpoint["state_dict"]["encoder.stages.0.0.weight"])
-    with pytest.raises(ValueError, match="weights must be one of fp32, int8"):
+    with pytest.raises(ValueError, match="weights must be one of fp32, bf16, int8"):
         slim_checkpoint(path, tmp_path / "x.pt", weights="int4")
+
+
+def test_bf16_slim_checkpoint_and_folder_round_trip(tmp_path):
+    """bf16 kernels: half the bytes on disk, read back as fp32 equal to the bf16-rounded
+    weights; everything else exact; the file says what it held."""
+    meta = build_dataset("synthetic", None, "test").meta
+    model = create_model("segnet_basic", meta.num_classes)
+    path = save_checkpoint(tmp_path / "best.pt", model, "segnet_basic", meta, {"mean": [0.5] * 3, "std": [0.25] * 3})
+    raw = torch.load(slim_checkpoint(path, tmp_path / "bf16.pt", weights="bf16"), weights_only=True)
+    assert raw["version"] == 2 and "weight_scales" not in raw
+    assert raw["state_dict"]["encoder.stages.0.0.weight"].dtype == torch.bfloat16
+    checkpoint = load_checkpoint(tmp_path / "bf16.pt")
+    folder = load_model(path).save_pretrained(tmp_path / "folder", weights="bf16")
+    assert json.loads((folder / "config.json").read_text())["stored_weights"] == "bf16"
+    from_folder = load_model(folder).model.state_dict()
+    assert checkpoint["stored_weights"] == "bf16"
+    for key, value in model.state_dict().items():
+        for restored in (checkpoint["state_dict"][key], from_folder[key]):
+            assert restored.dtype == value.dtype, key
+            expected = value.to(torch.bfloat16).float() if value.dim() == 4 else value
+            assert torch.equal(restored, expected), key
 
 
 def test_int8_shipped_model_labels_almost_every_pixel_as_before(tmp_path):
@@ -84,7 +107,8 @@ def test_int8_shipped_model_labels_almost_every_pixel_as_before(tmp_path):
     image, _ = render_scene(3, 180, 240)
     scores = []
     for weights in ("fp32", "int8"):
-        _loaded = load_model(slim_checkpoint(pretrained_path(), tmp_path / f"{weights}.pt", weights=weights))
+        shipped = pretrained_path("camvid_segnet_basic")
+        _loaded = load_model(slim_checkpoint(shipped, tmp_path / f"{weights}.pt", weights=weights))
         model, normalization = _loaded.model, _loaded.normalization
         x = normalize(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, normalization["mean"],
                       normalization["std"])
@@ -142,7 +166,8 @@ def test_int8_shipped_model_costs_nothing_measurable_on_real_camvid(camvid_root,
     test.pairs = test.pairs[::24]
     scores = {}
     for weights in ("fp32", "int8"):
-        _loaded = load_model(slim_checkpoint(pretrained_path(), tmp_path / f"{weights}.pt", weights=weights))
+        shipped = pretrained_path("camvid_segnet_basic")
+        _loaded = load_model(slim_checkpoint(shipped, tmp_path / f"{weights}.pt", weights=weights))
         model, normalization = _loaded.model, _loaded.normalization
         scores[weights] = evaluate(model, test, normalization, bf_mode=None, amp="off", progress=False).metrics
     assert abs(scores["int8"]["mean_iou"] - scores["fp32"]["mean_iou"]) < 0.005

@@ -8,8 +8,9 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
 - ``normalization``: ``{"mean", "std"}`` applied to images scaled to [0, 1];
 - ``state_dict``: the weights;
 - ``weight_scales`` (only in files written with ``weights="int8"``): one fp32 scale per
-  output channel of each convolution kernel, which ``state_dict`` then holds in int8;
-  :func:`load_checkpoint` turns them back into fp32, so every reader sees fp32 weights;
+  output channel of each convolution kernel, which ``state_dict`` then holds in int8
+  (with ``weights="bf16"`` it holds them in bf16); :func:`load_checkpoint` turns them back
+  into fp32, so every reader sees fp32 weights;
 - anything else the caller adds (the training loop adds recipe, epoch, metrics, optimizer
   and RNG state).
 """
@@ -28,12 +29,11 @@ from torch import nn
 from ..data import DatasetMeta
 from ..files import atomic_path, write_error
 from ..models import create_model
-from .int8 import dequantize_kernels, quantize_kernels
+from .kernel_storage import WEIGHT_STORAGE, restore_kernels, store_kernels
 
 FORMAT = "segnet-checkpoint"
 VERSION = 1  # what checkpoints with fp32 weights are written as
-INT8_VERSION = 2  # checkpoints with int8 kernels; segnet before them refuses them by this number
-WEIGHT_STORAGE = ("fp32", "int8")
+INT8_VERSION = 2  # checkpoints with int8 or bf16 kernels; segnet before them refuses them by this number
 MAX_INPUT_SIDE = 8192  # the largest side an input size may name (ONNX export's limit too)
 
 
@@ -105,9 +105,9 @@ def slim_checkpoint(source: str | os.PathLike, dest: str | os.PathLike, keep: tu
     """Copy a checkpoint without what only resuming needs (optimizer and RNG state, history).
 
     ``keep`` names further entries to carry over (e.g. ``"config"``, ``"metrics"``);
-    ``weights="int8"`` stores the convolution kernels in int8 (:func:`quantize_kernels`;
-    about a quarter of the size; such a file needs a segnet that reads checkpoint version
-    2); ``extra`` adds new entries (e.g. provenance for a model card). Written atomically.
+    ``weights="int8"`` stores the convolution kernels in int8 (``kernel_storage``; about a
+    quarter of the size), ``weights="bf16"`` in bf16 (half); such a file needs a segnet that
+    reads checkpoint version 2; ``extra`` adds new entries (e.g. provenance for a model card). Written atomically.
     """
     if weights not in WEIGHT_STORAGE:
         raise ValueError(f"weights must be one of {', '.join(WEIGHT_STORAGE)}, got {weights!r}")
@@ -119,9 +119,9 @@ def slim_checkpoint(source: str | os.PathLike, dest: str | os.PathLike, keep: tu
                          f"{', '.join(k for k in checkpoint if k not in INFERENCE_KEYS)})")
     payload = {key: checkpoint[key] for key in INFERENCE_KEYS + tuple(keep) if key in checkpoint}
     payload["version"] = VERSION
-    if weights == "int8":
-        payload["state_dict"], payload["weight_scales"] = quantize_kernels(payload["state_dict"])
-        payload["version"] = INT8_VERSION
+    if weights != "fp32":
+        payload["state_dict"], scales = store_kernels(payload["state_dict"], weights)
+        payload.update(version=INT8_VERSION, **({"weight_scales": scales} if scales else {}))
     payload.update(extra)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -163,12 +163,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                          f"understands ({INT8_VERSION}); upgrade segnet")
     _check_entries(checkpoint, path)
     scales = checkpoint.pop("weight_scales", None)
-    if scales is not None or any(isinstance(v, torch.Tensor) and v.dtype == torch.int8
-                                 for v in checkpoint["state_dict"].values()):
-        if scales is not None and not isinstance(scales, dict):
-            raise ValueError(f"{path}: its 'weight_scales' entry is not a table of tensors; the file was edited")
-        checkpoint["state_dict"] = dequantize_kernels(checkpoint["state_dict"], scales or {}, path)
-        checkpoint["stored_weights"] = "int8"  # what the file held, for whoever reports on it
+    if scales is not None and not isinstance(scales, dict):
+        raise ValueError(f"{path}: its 'weight_scales' entry is not a table of tensors; the file was edited")
+    checkpoint["state_dict"], stored = restore_kernels(checkpoint["state_dict"], scales, path)
+    if stored != "fp32":
+        checkpoint["stored_weights"] = stored  # what the file held, for whoever reports on it
     return checkpoint
 
 

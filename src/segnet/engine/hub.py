@@ -15,12 +15,11 @@ import math
 import os
 from pathlib import Path
 
-import torch
-
 from ..files import atomic_path
+from .kernel_storage import WEIGHT_STORAGE, restore_kernels, store_kernels
 
 FOLDER_FORMAT = "segnet-pretrained"
-FOLDER_VERSION = 2  # 2: convolution kernels may be stored in int8 (a segnet reading only 1 refuses those)
+FOLDER_VERSION = 2  # 2: convolution kernels may be stored in int8 or bf16 (a segnet reading only 1 refuses those)
 INT8_SCALE_SUFFIX = ".int8_scale"  # beside each int8 kernel KEY: KEY.int8_scale, one fp32 scale per output channel
 FILES = ("model.safetensors", "config.json", "README.md")
 HUB_PREFIX = "hf-hub:"
@@ -83,7 +82,7 @@ CONFIG_SCHEMA = {
     "provenance": (False, _of_type(dict), "an object (recipe, training configuration, epoch)"),
     "test_metrics": (False, _of_type(dict), "an object (the test scores)"),
     "model_card": (False, _of_type(str), "the model card's text (Markdown)"),
-    "stored_weights": (False, lambda v, c: v in ("fp32", "int8"), "'fp32' or 'int8' (convolution kernels)"),
+    "stored_weights": (False, lambda v, c: v in WEIGHT_STORAGE, "'fp32', 'bf16' or 'int8' (convolution kernels)"),
 }
 
 
@@ -136,11 +135,7 @@ def read_model_folder(folder: str | os.PathLike) -> dict:
     except (SafetensorError, OSError, RuntimeError) as error:
         raise ValueError(f"{folder / 'model.safetensors'}: not a readable safetensors file ({error})") from None
     scales = {key[:-len(INT8_SCALE_SUFFIX)]: state.pop(key) for key in list(state) if key.endswith(INT8_SCALE_SUFFIX)}
-    stored = "int8" if scales or any(value.dtype == torch.int8 for value in state.values()) else "fp32"
-    if stored == "int8":
-        from .int8 import dequantize_kernels
-
-        state = dequantize_kernels(state, scales, folder / "model.safetensors")
+    state, stored = restore_kernels(state, scales, folder / "model.safetensors")
     checkpoint = {
         "format": "segnet-checkpoint", "version": 1, "stored_weights": stored,
         "model": {"name": config["architecture"], "num_classes": config["num_classes"], "options": config["options"]},
@@ -177,8 +172,8 @@ def save_pretrained(loaded, folder: str | os.PathLike, provenance: dict | None =
     """Write ``loaded`` (a ``LoadedModel``) to ``folder``: ``model.safetensors``,
     ``config.json`` and ``README.md`` (``hub_card``). ``provenance``, ``test_metrics`` and
     ``model_card`` (the card's body text) default to what ``loaded`` carries. ``weights``:
-    ``fp32``, or ``int8`` for the convolution kernels (per output channel, as ``segnet slim
-    --weights int8``: about a quarter of the size). Each file is written atomically; other
+    ``fp32``, ``bf16`` (half the size) or ``int8`` (per output channel, as ``segnet slim
+    --weights int8``: about a quarter of the size) for the convolution kernels. Each file is written atomically; other
     files in the folder are left alone."""
     from safetensors.torch import save_file
 
@@ -191,16 +186,12 @@ def save_pretrained(loaded, folder: str | os.PathLike, provenance: dict | None =
                            test_metrics if test_metrics is not None else extras.get("test_metrics"),
                            model_card if model_card is not None else extras.get("model_card"))
     state = {key: value.detach().cpu().contiguous() for key, value in loaded.model.state_dict().items()}
-    if weights == "int8":
-        from .int8 import quantize_kernels
-
-        state, scales = quantize_kernels(state)
-        state.update({key + INT8_SCALE_SUFFIX: scale.contiguous() for key, scale in scales.items()})
-        config.update(version=FOLDER_VERSION, stored_weights="int8")
-    elif weights != "fp32":
-        raise ValueError(f"weights must be fp32 or int8, got {weights!r}")
-    else:
+    state, scales = store_kernels(state, weights)
+    state.update({key + INT8_SCALE_SUFFIX: scale.contiguous() for key, scale in scales.items()})
+    if weights == "fp32":
         config["version"] = 1  # readable by every segnet that reads folders
+    else:
+        config.update(version=FOLDER_VERSION, stored_weights=weights)
     with atomic_path(folder / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": FOLDER_FORMAT, "architecture": config["architecture"]})
     with atomic_path(folder / "config.json") as tmp:

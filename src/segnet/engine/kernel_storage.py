@@ -1,11 +1,45 @@
-"""Convolution kernels stored in int8 (one fp32 scale per output channel): what ``segnet slim
---weights int8`` and int8 model folders hold, a quarter of fp32's size. Imports only torch."""
+"""How convolution kernels are stored on disk (``segnet slim --weights``, model folders):
+``fp32`` as trained; ``bf16``, half the size; ``int8`` with one fp32 scale per output channel,
+a quarter. Every reader gets fp32 back. Imports only torch."""
 
 from __future__ import annotations
 
 import os
 
 import torch
+
+WEIGHT_STORAGE = ("fp32", "bf16", "int8")
+
+
+def _is_kernel(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() == 4
+
+
+def store_kernels(state: dict, weights: str) -> tuple[dict, dict]:
+    """``(state, scales)``: ``state`` with its convolution kernels (4-D floating tensors) stored
+    as ``weights`` says (one of ``WEIGHT_STORAGE``), every other tensor unchanged; ``scales``
+    holds the int8 kernels' scales (empty otherwise)."""
+    if weights == "int8":
+        return quantize_kernels(state)
+    if weights == "bf16":
+        return {key: value.detach().to(torch.bfloat16) if _is_kernel(value) else value
+                for key, value in state.items()}, {}
+    if weights == "fp32":
+        return dict(state), {}
+    raise ValueError(f"weights must be one of {', '.join(WEIGHT_STORAGE)}, got {weights!r}")
+
+
+def restore_kernels(state: dict, scales: dict | None, where: str | os.PathLike = "the checkpoint") -> tuple[dict, str]:
+    """``(state, stored)``: ``state`` with every kernel back in fp32, and how the file held
+    them (``fp32``, ``bf16`` or ``int8``). int8 kernels are checked against their ``scales``
+    (:func:`dequantize_kernels`)."""
+    tensors = [value for value in state.values() if isinstance(value, torch.Tensor)]
+    if scales or any(value.dtype == torch.int8 for value in tensors):
+        return dequantize_kernels(state, scales or {}, where), "int8"
+    if any(value.dtype == torch.bfloat16 for value in tensors):
+        return {key: value.float() if isinstance(value, torch.Tensor) and value.dtype == torch.bfloat16 else value
+                for key, value in state.items()}, "bf16"
+    return state, "fp32"
 
 
 def quantize_kernels(state: dict) -> tuple[dict, dict]:
@@ -16,7 +50,7 @@ def quantize_kernels(state: dict) -> tuple[dict, dict]:
     CamVid for SegNet and SegNet-Basic)."""
     quantized, scales = {}, {}
     for key, value in state.items():
-        if value.is_floating_point() and value.dim() == 4:
+        if _is_kernel(value):
             scale = value.detach().float().abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12) / 127
             quantized[key] = (value.detach().float() / scale).round().clamp(-127, 127).to(torch.int8)
             scales[key] = scale
