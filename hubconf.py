@@ -28,4 +28,9 @@ def camvid_segnet_basic(device: str = "cpu"):
     return from_pretrained("camvid_segnet_basic", device=device)
 
 
-assert set(PRETRAINED) == {"camvid_segnet_basic"}, "a shipped model needs its entry point here"
+def camvid_segnet(device: str = "cpu"):
+    """SegNet (VGG16 encoder) trained on CamVid's 367 training images (model card: docs/models/camvid_segnet.md)."""
+    return from_pretrained("camvid_segnet", device=device)
+
+
+assert set(PRETRAINED) == {"camvid_segnet_basic", "camvid_segnet"}, "a shipped model needs its entry point here"

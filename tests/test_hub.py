@@ -63,14 +63,16 @@ def test_a_freshly_trained_tiny_model_round_trips(tmp_path, street):
     assert card.startswith("---\nlicense: mit") and "pipeline_tag: image-segmentation" in card
 
 
-def test_the_docs_card_and_the_shipped_card_come_from_the_same_config():
-    folder = segnet.pretrained_path("camvid_segnet_basic")
+@pytest.mark.parametrize("name", sorted(segnet.PRETRAINED))
+def test_the_docs_card_and_the_shipped_card_come_from_the_same_config(name):
+    folder = segnet.pretrained_path(name)
     config = json.loads((folder / "config.json").read_text())
     card = hub_card(config)
     assert (folder / "README.md").read_text() == card
-    assert (ROOT / "docs" / "models" / "camvid_segnet_basic.md").read_text() == card, \
-        "docs/models/camvid_segnet_basic.md drifted from the shipped card: rewrite it with hub_card (see the card)"
-    assert "model-index:" in card and "value: 49.12" in card  # the test mIoU, from config.json
+    assert (ROOT / "docs" / "models" / f"{name}.md").read_text() == card, \
+        f"docs/models/{name}.md drifted from the shipped card: rewrite it with hub_card (see the card)"
+    test_miou = f"value: {config['test_metrics']['mean_iou'] * 100:.2f}"
+    assert "model-index:" in card and test_miou in card and f"# Model card: `{name}`" in card
 
 
 def _hostile_folder(tmp_path, change) -> Path:
@@ -190,6 +192,7 @@ def test_torch_hub_loads_each_shipped_model_from_a_checkout():
     loaded = torch.hub.load(str(ROOT), "segnet", source="local", pretrained="camvid_segnet_basic")
     assert _same_weights(loaded, segnet.load_model("camvid_segnet_basic"))
     assert torch.hub.load(str(ROOT), "camvid_segnet_basic", source="local").name == "segnet_basic"
+    assert torch.hub.load(str(ROOT), "camvid_segnet", source="local").name == "segnet"
     untrained = torch.hub.load(str(ROOT), "segnet", source="local", architecture="segnet_basic", num_classes=5)
     assert not untrained.trained and untrained.model(torch.rand(1, 3, 32, 32)).shape[1] == 5
 

@@ -1,7 +1,9 @@
-"""The CamVid SegNet-Basic shipped inside the package: it loads offline, `segnet predict`
-uses it by default, and it still scores on real CamVid test images."""
+"""The CamVid models shipped inside the package (SegNet-Basic and SegNet): they load offline,
+`segnet predict` uses the default one, and they still score on real CamVid test images."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -11,16 +13,19 @@ from PIL import Image
 from segnet import PRETRAINED, pretrained_path
 from segnet.cli import main
 from segnet.data import build_dataset
+from segnet.data.datasets import CAMVID_META
 from segnet.data.synthetic import render_scene
 from segnet.engine import evaluate, load_checkpoint, load_model, save_checkpoint, slim_checkpoint
 from segnet.models import create_model
 
-# Measured on the 10 test images below (every 24th of the 233) when the weights were made:
-# G 83.3, mIoU 48.1 (docs/models/camvid_segnet_basic.md). The floors sit about 5 points under
+# (G, mIoU) floors on the 10 test images below (every 24th of the 233), about 5 points under
+# what each model scored there when its weights were made (its model card in docs/models/),
 # so that library upgrades with slightly different numerics pass and a broken model does not
-# (an untrained SegNet-Basic scores mIoU under 5 here).
-FLOOR_GLOBAL_ACCURACY = 0.78
-FLOOR_MEAN_IOU = 0.43
+# (an untrained network scores mIoU under 5 here).
+FLOORS = {
+    "camvid_segnet_basic": (0.78, 0.43),  # measured G 83.3, mIoU 48.1
+    "camvid_segnet": (0.83, 0.51),  # measured G 88.0, mIoU 56.5
+}
 
 
 def test_shipped_checkpoint_is_slim_and_complete():
@@ -36,9 +41,27 @@ def test_shipped_checkpoint_is_slim_and_complete():
     model = load_model(path).model
     with torch.inference_mode():
         assert model(torch.zeros(1, 3, 120, 160)).shape == (1, 11, 120, 160)
-    with pytest.raises(ValueError, match="shipped: camvid_segnet_basic"):
+    with pytest.raises(ValueError, match="shipped: camvid_segnet_basic, camvid_segnet"):
         pretrained_path("nonexistent")
-    assert set(PRETRAINED) == {"camvid_segnet_basic"}
+    assert set(PRETRAINED) == set(FLOORS) == {"camvid_segnet_basic", "camvid_segnet"}
+
+
+def test_shipped_segnet_is_bf16_complete_and_runs():
+    path = pretrained_path("camvid_segnet")
+    assert (path / "model.safetensors").stat().st_size < 60e6  # bf16 kernels: half of SegNet's 118 MB
+    config = json.loads((path / "config.json").read_text())
+    assert config["stored_weights"] == "bf16" and config["architecture"] == "segnet"
+    test = config["test_metrics"]  # what the model card reports, computed on all 233 test images
+    assert test["images"] == 233 and test["bf_mode"] == "exact" and test["mean_iou"] > 0.531  # above the best before
+    shipped = load_model("camvid_segnet")
+    assert shipped.name == "segnet" and shipped.input_size == (360, 480)
+    assert tuple(shipped.meta.class_names) == CAMVID_META.class_names
+    assert tuple(map(tuple, shipped.meta.palette)) == CAMVID_META.palette
+    with torch.inference_mode():
+        assert shipped.model(torch.zeros(1, 3, 64, 96)).shape == (1, 11, 64, 96)
+    image, _ = render_scene(5, 72, 100)
+    labels = shipped.segment(torch.from_numpy(image).permute(2, 0, 1))  # resized to 360x480 and back, default engine
+    assert labels.shape == (72, 100) and int(labels.max()) < 11 and shipped.runtime["engine"] in ("eager", "compile")
 
 
 def test_predict_uses_the_shipped_model_by_default(tmp_path, capsys):
@@ -68,15 +91,17 @@ def test_slim_checkpoint_keeps_inference_entries_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_shipped_model_scores_on_real_camvid(camvid_root):
-    _loaded = load_model(pretrained_path())
+@pytest.mark.parametrize("name", sorted(FLOORS))
+def test_shipped_model_scores_on_real_camvid(camvid_root, name):
+    _loaded = load_model(pretrained_path(name))
     model, normalization = _loaded.model, _loaded.normalization
     test = build_dataset("camvid", camvid_root, "test")
     test.pairs = test.pairs[::24]  # 10 images spread over the test sequences
     result = evaluate(model, test, normalization, bf_mode=None, input_size=_loaded.input_size, progress=False)
+    floor_global_accuracy, floor_mean_iou = FLOORS[name]
     assert result.metrics["images"] == 10
-    assert result.metrics["global_accuracy"] > FLOOR_GLOBAL_ACCURACY
-    assert result.metrics["mean_iou"] > FLOOR_MEAN_IOU
+    assert result.metrics["global_accuracy"] > floor_global_accuracy
+    assert result.metrics["mean_iou"] > floor_mean_iou
 
 
 @pytest.mark.slow

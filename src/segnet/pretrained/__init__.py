@@ -6,7 +6,7 @@ recipe, configuration, test metrics; and its model card as ``README.md``). Load 
 wherever a checkpoint path is taken::
 
     from segnet import load_model
-    shipped = load_model("camvid_segnet_basic")
+    shipped = load_model("camvid_segnet")     # or "camvid_segnet_basic": faster, less accurate
     labels = shipped.segment("street.png")
 
 Model cards (data, recipe, metrics, limits): docs/models/.
@@ -16,12 +16,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DEFAULT_PRETRAINED = "camvid_segnet_basic"
+# What predict, serve and the demo use when no model is named: SegNet, for its accuracy (CamVid
+# test mIoU 54.9 against SegNet-Basic's 49.1, G 86.9 against 82.7); it costs 2.3 times
+# SegNet-Basic's time per image (142 against 63 ms on a 2-core AMX Xeon), measured in
+# docs/performance.md ("Which shipped model is the default"), where --pretrained
+# camvid_segnet_basic is the faster choice.
+DEFAULT_PRETRAINED = "camvid_segnet"
 
 PRETRAINED: dict[str, str] = {
     # name: what it is (the folder NAME/ beside this module)
     "camvid_segnet_basic": "SegNet-Basic trained on CamVid's 367 training images (11 classes) at full "
                            "resolution, runs at 360x480; model card: docs/models/camvid_segnet_basic.md",
+    "camvid_segnet": "SegNet (VGG16 encoder) trained on CamVid's 367 training images (11 classes) on whole "
+                     "360x480 frames, runs at 360x480, convolution kernels stored in bf16 (59 MB); model card: "
+                     "docs/models/camvid_segnet.md",
 }
 
 
