@@ -20,6 +20,7 @@ from segnet.cli import main
 from segnet.engine import load_checkpoint, load_model
 from segnet.engine.recipes import RECIPES, parse_override, resolve_config
 from segnet.engine.train import TrainingError, recompute_bn_statistics, train, weighted_loss_sum
+from segnet.pretrained import DEFAULT_PRETRAINED
 
 # small and quick: synthetic scenes at 32x48, 96 training images, batch 8 -> 12 steps per epoch
 TINY = {"dataset": "synthetic", "size": [32, 48], "batch_size": 8, "val_every": 1, "device": "cpu"}
@@ -246,7 +247,7 @@ def test_demo_wiring(tmp_path, monkeypatch, capsys):
     assert len(list((tmp_path / "predictions").glob("*_overlay.png"))) == 4
     # the real street image, segmented by the shipped CamVid model, when CamVid is beside the checkout
     assert len(list((tmp_path / "street").glob("*_overlay.png"))) == (1 if camvid else 0)
-    assert ("shipped CamVid SegNet-Basic" in out) and (("street/" in out) == camvid)
+    assert f"shipped model {DEFAULT_PRETRAINED}" in out and (("street/" in out) == camvid)
 
 
 @pytest.mark.slow

@@ -164,6 +164,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job on the embedded default: train, evaluate and segment, offline, in about a minute."""
+    from .pretrained import DEFAULT_PRETRAINED
     from .reproduce.demo import DEMO_OVERRIDES, run_demo
     from .report import format_metrics_table
 
@@ -185,11 +186,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("  evaluation/     report.html (open it), metrics.json, CSVs, confusion matrix, samples")
     print("  predictions/    label maps (values = class ids) and colour overlays")
     if result["street"]:
-        print(f"  street/         {result['street']}: a real CamVid test image segmented by the shipped CamVid "
-              "SegNet")
+        print(f"  street/         {result['street']}: a real CamVid test image segmented by the shipped model "
+              f"{DEFAULT_PRETRAINED}")
     else:
         print("(CamVid was not found beside the checkout; 'segnet predict street.png' segments any photo with the "
-              "shipped CamVid SegNet)")
+              f"shipped model {DEFAULT_PRETRAINED})")
     return 0
 
 
