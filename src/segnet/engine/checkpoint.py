@@ -33,7 +33,7 @@ from .kernel_storage import WEIGHT_STORAGE, restore_kernels, store_kernels
 
 FORMAT = "segnet-checkpoint"
 VERSION = 1  # what checkpoints with fp32 weights are written as
-INT8_VERSION = 2  # checkpoints with int8 or bf16 kernels; segnet before them refuses them by this number
+COMPACT_KERNELS_VERSION = 2  # checkpoints with int8 or bf16 kernels; segnet before them refuses them by this number
 MAX_INPUT_SIDE = 8192  # the largest side an input size may name (ONNX export's limit too)
 
 
@@ -107,7 +107,8 @@ def slim_checkpoint(source: str | os.PathLike, dest: str | os.PathLike, keep: tu
     ``keep`` names further entries to carry over (e.g. ``"config"``, ``"metrics"``);
     ``weights="int8"`` stores the convolution kernels in int8 (``kernel_storage``; about a
     quarter of the size), ``weights="bf16"`` in bf16 (half); such a file needs a segnet that
-    reads checkpoint version 2; ``extra`` adds new entries (e.g. provenance for a model card). Written atomically.
+    reads checkpoint version 2; ``extra`` adds new entries (e.g. provenance for a model
+    card). Written atomically.
     """
     if weights not in WEIGHT_STORAGE:
         raise ValueError(f"weights must be one of {', '.join(WEIGHT_STORAGE)}, got {weights!r}")
@@ -121,7 +122,7 @@ def slim_checkpoint(source: str | os.PathLike, dest: str | os.PathLike, keep: tu
     payload["version"] = VERSION
     if weights != "fp32":
         payload["state_dict"], scales = store_kernels(payload["state_dict"], weights)
-        payload.update(version=INT8_VERSION, **({"weight_scales": scales} if scales else {}))
+        payload.update(version=COMPACT_KERNELS_VERSION, **({"weight_scales": scales} if scales else {}))
     payload.update(extra)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -158,9 +159,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(version, int) or isinstance(version, bool):
         raise ValueError(f"{path}: its 'version' entry is {version!r}, not a number; the file was edited or not "
                          "written by segnet")
-    if version > INT8_VERSION:
+    if version > COMPACT_KERNELS_VERSION:
         raise ValueError(f"{path}: checkpoint version {checkpoint['version']} is newer than this segnet "
-                         f"understands ({INT8_VERSION}); upgrade segnet")
+                         f"understands ({COMPACT_KERNELS_VERSION}); upgrade segnet")
     _check_entries(checkpoint, path)
     scales = checkpoint.pop("weight_scales", None)
     if scales is not None and not isinstance(scales, dict):
