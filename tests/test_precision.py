@@ -44,6 +44,8 @@ def test_cpu_flags_override_reaches_the_rules(monkeypatch):
     """SEGNET_CPU_FLAGS replaces the CPU's flags for every rule (how AVX2 is emulated)."""
     from segnet.engine.engines import choose_engine
 
+    monkeypatch.delenv("SEGNET_CPU_FLAGS", raising=False)  # the suite may itself run under an emulation
+    cpu_description.cache_clear()
     real = cpu_description()
     try:
         monkeypatch.setenv("SEGNET_CPU_FLAGS", "avx2")
@@ -62,7 +64,10 @@ def test_cpu_flags_override_reaches_the_rules(monkeypatch):
     finally:
         monkeypatch.delenv("SEGNET_CPU_FLAGS")
         cpu_description.cache_clear()
-    assert cpu_description() == real
+        after = cpu_description()
+        monkeypatch.undo()  # back to the environment the suite runs in, and its flags for later tests
+        cpu_description.cache_clear()
+    assert after == real
 
 
 @needs_native_bf16
@@ -133,8 +138,10 @@ def test_training_records_the_amx_workaround(tmp_path, monkeypatch):
     from segnet.engine.train import train
 
     monkeypatch.setattr("segnet.engine.precision.cpu_description", lambda: {"model": "fake AMX Xeon", "flags": AMX})
-    config = resolve_config("paper-basic", {"dataset": "synthetic", "model": "segnet_basic", "size": [32, 48],
-                                            "epochs": 1, "batch_size": 48, "amp": "bf16", "device": "cpu",
+    # a few small scenes: without native bf16 (AVX2) the bf16 backward is emulated and slow
+    monkeypatch.setattr("segnet.data.synthetic.DEFAULT_SIZES", {"train": 8, "val": 4, "test": 4})
+    config = resolve_config("paper-basic", {"dataset": "synthetic", "model": "segnet_basic", "size": [16, 32],
+                                            "epochs": 1, "batch_size": 8, "amp": "bf16", "device": "cpu",
                                             "bn_recompute": False})
     train(config, tmp_path, progress=False)
     runtime = json.loads((tmp_path / "config.json").read_text())["runtime"]
