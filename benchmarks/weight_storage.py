@@ -4,14 +4,15 @@
 
 Three ways to store the state dict, sizes as torch.save writes them:
 - fp32: as trained;
-- bf16: convolution weights and biases in bf16, batch-norm tensors in fp32. Under bf16
-  autocast the convolutions cast their weights to bf16 anyway, so this loses nothing for
-  bf16 inference; the script checks that the logits are bit-identical on a few images;
-- int8: convolution weights int8, symmetric per output channel with one fp32 scale each,
-  everything else fp32; dequantised to fp32 when loaded. This is what `segnet slim
-  --weights int8` writes (segnet.engine.kernel_storage.quantize_kernels).
-Then CamVid test G and mIoU (whole frames, --amp, no BF) with the weights as stored and
-after the int8 round trip.
+- bf16: convolution kernels in bf16, everything else fp32 (`segnet slim --weights bf16`).
+  Under bf16 autocast the convolutions cast their kernels to bf16 anyway, so this loses
+  nothing for bf16 inference; the script checks that the logits are bit-identical on a few
+  images;
+- int8: convolution kernels int8, symmetric per output channel with one fp32 scale each,
+  everything else fp32 (`segnet slim --weights int8`).
+Both are segnet.engine.kernel_storage.store_kernels, read back to fp32 by restore_kernels
+as every loader does. Then CamVid test G and mIoU (whole frames, --amp, no BF) with the
+weights as stored and after the int8 round trip.
 """
 
 from __future__ import annotations
@@ -20,25 +21,11 @@ import argparse
 import io
 
 import torch
-from torch import nn
 
 from segnet.data import build_dataset, normalize
 from segnet.engine import evaluate, load_model
-from segnet.engine.kernel_storage import dequantize_kernels, quantize_kernels
+from segnet.engine.kernel_storage import restore_kernels, store_kernels
 from segnet.engine.precision import autocast, resolve_amp
-
-
-def conv_keys(model: nn.Module) -> set[str]:
-    """State-dict keys of every convolution's weight and bias."""
-    keys = set()
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-            keys.update(f"{name}.{p}" for p, value in module.named_parameters(recurse=False) if value is not None)
-    return keys
-
-
-def to_bf16(state: dict, convs: set[str]) -> dict:
-    return {k: v.to(torch.bfloat16) if k in convs else v for k, v in state.items()}
 
 
 def size_mb(state: dict) -> float:
@@ -60,8 +47,7 @@ def main() -> None:
     model, normalization = loaded.model, loaded.normalization
     model.eval()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    convs = conv_keys(model)
-    bf16, (int8, scales) = to_bf16(state, convs), quantize_kernels(state)
+    (bf16, _), (int8, scales) = store_kernels(state, "bf16"), store_kernels(state, "int8")
     print(f"{args.checkpoint}: state dict fp32 {size_mb(state):.1f} MB, bf16 convolutions {size_mb(bf16):.1f} MB, "
           f"int8 convolutions {size_mb({**int8, 'scales': scales}):.1f} MB")
 
@@ -71,13 +57,13 @@ def main() -> None:
     x = normalize(images, normalization["mean"], normalization["std"])
     with torch.no_grad(), autocast(precision, torch.device("cpu")):
         reference = model(x)
-        model.load_state_dict({k: v.float() for k, v in bf16.items()})
+        model.load_state_dict(restore_kernels(bf16, None)[0])
         identical = torch.equal(reference, model(x))
     model.load_state_dict(state)
     print(f"bf16-stored convolutions, {args.check_images} images under {precision}: logits "
           f"{'bit-identical' if identical else 'DIFFERENT'}")
 
-    for label, weights in (("as stored", state), ("int8 round trip", dequantize_kernels(int8, scales))):
+    for label, weights in (("as stored", state), ("int8 round trip", restore_kernels(int8, scales)[0])):
         model.load_state_dict(weights)
         metrics = evaluate(model, dataset, normalization, bf_mode=None, amp=args.amp, input_size=loaded.input_size,
                            progress=False).metrics
