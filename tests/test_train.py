@@ -169,13 +169,15 @@ sys.exit(main(sys.argv[2:]))
 @pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run(_train_command(straight, "--epochs", "2"), env=ENV, check=True, capture_output=True, timeout=300)
+    small = ("--size", "32x32")  # the smallest size the CLI takes: three trainings here
+    subprocess.run(_train_command(straight, "--epochs", "2", *small), env=ENV, check=True, capture_output=True,
+                   timeout=300)
     # 12 steps per epoch: step 18 is in the middle of epoch 2, the last
-    command = [sys.executable, "-c", _DIE_AT_STEP, "18", *_train_command(killed, "--epochs", "2")[3:]]
+    command = [sys.executable, "-c", _DIE_AT_STEP, "18", *_train_command(killed, "--epochs", "2", *small)[3:]]
     process = subprocess.run(command, env=ENV, capture_output=True, timeout=300)
     assert process.returncode == -signal.SIGKILL
     assert load_checkpoint(killed / "last.pt")["epoch"] == 1  # it really died mid-run
-    subprocess.run(_train_command(killed, "--resume"), env=ENV, check=True, capture_output=True, timeout=300)
+    subprocess.run(_train_command(killed, "--resume", *small), env=ENV, check=True, capture_output=True, timeout=300)
     a, b = _weights(straight / "last.pt"), _weights(killed / "last.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     history = [r["train_loss"] for r in csv.DictReader(open(killed / "metrics.csv"))]
