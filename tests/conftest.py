@@ -26,6 +26,17 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+# The synthetic dataset at 16 training, 4 validation and 4 test scenes (instead of 96/24/24),
+# for tests that train or evaluate end to end in process and check what is written, not
+# what is learnt.
+FEW_SCENES = {"train": 16, "val": 4, "test": 4}
+
+
+@pytest.fixture
+def few_scenes(monkeypatch) -> None:
+    monkeypatch.setattr("segnet.data.synthetic.DEFAULT_SIZES", FEW_SCENES)
+
+
 @pytest.fixture
 def camvid_root() -> Path:
     if not (CAMVID_ROOT / "train.txt").is_file():

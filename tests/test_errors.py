@@ -21,6 +21,7 @@ from segnet.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NOT_FOUND, describe_err
 from segnet.data import SYNTHETIC_META
 from segnet.engine import save_checkpoint
 from segnet.models import create_model
+from conftest import FEW_SCENES
 
 RAW = {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255)}
 BAD, MISSING, FAILED = EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_FAILED
@@ -51,7 +52,9 @@ def world(tmp_path_factory) -> Path:
     (world / "empty").mkdir()
     (world / "unstarted").mkdir()
     (world / "unstarted" / "config.json").write_text("{}\n")
-    assert main(["train", "--out", str(world / "run"), *TINY_TRAIN]) == 0
+    with pytest.MonkeyPatch.context() as patch:  # a module's fixture: few_scenes is per test
+        patch.setattr("segnet.data.synthetic.DEFAULT_SIZES", FEW_SCENES)
+        assert main(["train", "--out", str(world / "run"), *TINY_TRAIN]) == 0
     return world
 
 

@@ -142,17 +142,17 @@ def test_write_evaluation_files(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
-def test_cli_evaluate_untrained_model_end_to_end(tmp_path, capsys):
+def test_cli_evaluate_untrained_model_end_to_end(tmp_path, capsys, few_scenes):
     out = tmp_path / "eval"
     assert main(["evaluate", "--model", "segnet_basic", "--dataset", "synthetic", "--out", str(out),
                  "--bf", "fast", "--workers", "0"]) == 0
     printed = capsys.readouterr()
     assert "mIoU" in printed.out and "report.html" in printed.out
     assert "\r" not in printed.err  # no progress bar when stderr is a log file, not a terminal
-    assert json.loads((out / "metrics.json").read_text())["images"] == 24
+    assert json.loads((out / "metrics.json").read_text())["images"] == 4  # few_scenes' test split
 
 
-def test_cli_evaluate_checkpoint_and_errors(tmp_path, capsys):
+def test_cli_evaluate_checkpoint_and_errors(tmp_path, capsys, few_scenes):
     ckpt = save_checkpoint(tmp_path / "best.pt", create_model("segnet_basic", 6), "segnet_basic", SYNTHETIC_META, RAW)
     assert main(["evaluate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "e"), "--bf", "none"]) == 0
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["mean_bf_score"] is None

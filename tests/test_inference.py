@@ -353,7 +353,7 @@ WRITERS = [
 
 
 @pytest.mark.parametrize("argv, users_file", WRITERS)
-def test_every_writer_refuses_a_users_file_and_rewrites_its_own(tmp_path, capsys, argv, users_file):
+def test_every_writer_refuses_a_users_file_and_rewrites_its_own(tmp_path, capsys, argv, users_file, few_scenes):
     from segnet.cli import main
 
     ckpt = save_checkpoint(tmp_path / "best.pt", create_model("segnet_basic", 6), "segnet_basic", SYNTHETIC_META, RAW)

@@ -2,7 +2,6 @@ import urllib.error
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 from segnet.models import create_model
@@ -26,6 +25,8 @@ def test_he_init_and_zero_bias():
 
 
 def test_loads_torchvision_vgg16_layout_into_encoder_only(tmp_path):
+    import torchvision  # here, not at the top: importing it takes seconds of every worker's collection
+
     vgg = torchvision.models.vgg16(weights=None).features
     path = tmp_path / "vgg16.pth"
     torch.save(vgg.state_dict(), path)
@@ -62,6 +63,8 @@ def test_shared_imagenet_weights_fill_every_encoder_conv(vgg16_weights):
 
 
 def test_bad_weights_file_leaves_model_untouched(tmp_path):
+    import torchvision
+
     vgg = torchvision.models.vgg16(weights=None).features.state_dict()
     del vgg["28.bias"]  # torchvision's `features` module has keys without the prefix
     path = tmp_path / "broken.pth"

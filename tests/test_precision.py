@@ -132,14 +132,13 @@ def test_the_amx_bias_workaround_is_keyed_on_the_cpu_flags(flags, precision, dev
     assert torch.allclose(before, after, atol=1e-5)  # the same sum, added in another place
 
 
-def test_training_records_the_amx_workaround(tmp_path, monkeypatch):
+def test_training_records_the_amx_workaround(tmp_path, monkeypatch, few_scenes):
     import json
 
     from segnet.engine.train import train
 
     monkeypatch.setattr("segnet.engine.precision.cpu_description", lambda: {"model": "fake AMX Xeon", "flags": AMX})
-    # a few small scenes: without native bf16 (AVX2) the bf16 backward is emulated and slow
-    monkeypatch.setattr("segnet.data.synthetic.DEFAULT_SIZES", {"train": 8, "val": 4, "test": 4})
+    # few scenes, small: without native bf16 (AVX2) the bf16 backward is emulated and slow
     config = resolve_config("paper-basic", {"dataset": "synthetic", "model": "segnet_basic", "size": [16, 32],
                                             "epochs": 1, "batch_size": 8, "amp": "bf16", "device": "cpu",
                                             "bn_recompute": False})

@@ -233,13 +233,14 @@ def test_cli_train_errors(tmp_path, capsys):
     assert "no such run folder to --resume" in capsys.readouterr().err
 
 
-def test_demo_wiring(tmp_path, monkeypatch, capsys):
+def test_demo_wiring(tmp_path, monkeypatch, capsys, few_scenes):
     import segnet.reproduce.demo as demo
 
-    # the demo's steps, shortened: one epoch, no BN pass
+    # the demo's steps, shortened: one epoch on a few small scenes, no BN pass
     monkeypatch.setitem(demo.DEMO_OVERRIDES, "epochs", 1)
     monkeypatch.setitem(demo.DEMO_OVERRIDES, "val_every", 1)
     monkeypatch.setitem(demo.DEMO_OVERRIDES, "bn_recompute", False)
+    monkeypatch.setitem(demo.DEMO_OVERRIDES, "size", [32, 48])
     camvid = CAMVID_ROOT.is_dir()
     monkeypatch.setenv("SEGNET_CAMVID", str(CAMVID_ROOT if camvid else tmp_path / "no-camvid"))
     assert main(["demo", "--out", str(tmp_path)]) == 0
@@ -375,7 +376,7 @@ def test_progress_in_a_log_file_is_one_line_per_epoch(tmp_path):
     assert "h, val G" in epochs[-1]
 
 
-def test_validation_can_use_bn_statistics_recomputed_on_training_frames(tmp_path):
+def test_validation_can_use_bn_statistics_recomputed_on_training_frames(tmp_path, few_scenes):
     from segnet.data import ResidentLoader
     from segnet.engine.precision import autocast, resolve_amp
     from segnet.engine.recipes import TrainConfig
@@ -403,7 +404,7 @@ def test_validation_can_use_bn_statistics_recomputed_on_training_frames(tmp_path
         resolve_config("paper-basic", {"val_bn_images": -1})
 
 
-def test_encoder_lr_scale_puts_the_encoder_in_its_own_slower_group(tmp_path):
+def test_encoder_lr_scale_puts_the_encoder_in_its_own_slower_group(tmp_path, few_scenes):
     from segnet.engine.train import parameter_groups
     from segnet.models import create_model
 
@@ -435,7 +436,7 @@ def test_update_ema_is_a_ramped_moving_average_of_weights_and_float_buffers():
     assert torch.allclose(average.weight, torch.full((2,), 0.5 * 2.8 + 0.5 * 3.0))
 
 
-def test_with_ema_best_pt_holds_the_average_that_was_validated(tmp_path):
+def test_with_ema_best_pt_holds_the_average_that_was_validated(tmp_path, few_scenes):
     # one epoch, validated once: best.pt is that epoch's average, which last.pt carries beside the weights
     summary = train(resolve_config("paper-basic", {**TINY, "epochs": 1, "ema": 0.5, "bn_recompute": False}),
                     tmp_path / "run", progress=False)

@@ -87,7 +87,7 @@ def test_loaded_model_and_evaluate_apply_and_record_tta():
         loaded.segment_batch([images[0]], mc_samples=2)
 
 
-def test_cli_tta_in_evaluate_predict_and_its_errors(tmp_path, capsys):
+def test_cli_tta_in_evaluate_predict_and_its_errors(tmp_path, capsys, few_scenes):
     checkpoint = save_checkpoint(tmp_path / "best.pt", create_model("segnet_basic", 6), "segnet_basic",
                                  SYNTHETIC_META, RAW)
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "e"), "--bf", "none",
