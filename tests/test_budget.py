@@ -133,7 +133,7 @@ def test_estimates_count_validation_testing_loading_and_saving():
 
 
 @pytest.mark.slow
-def test_reproduce_all_plans_runs_labels_bundles_and_imports(tmp_path, capsys):
+def test_reproduce_all_plans_runs_labels_bundles_and_imports(tmp_path, capsys, few_scenes):
     from segnet.benchmark import run_benchmark, write_benchmark
 
     out = tmp_path / "all"
@@ -247,7 +247,7 @@ def test_small_models_train_side_by_side_in_their_own_processes(tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_a_run_that_overruns_stops_in_time_for_the_next_one(tmp_path, monkeypatch):
+def test_a_run_that_overruns_stops_in_time_for_the_next_one(tmp_path, monkeypatch, few_scenes):
     from segnet.engine.recipes import RECIPES
 
     # planned at 1 s an epoch, but every clock reading finds 10 s gone: the first run is stopped
@@ -323,7 +323,7 @@ def test_cli_reproduce_all_and_import_refuse_what_is_missing(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_reproduce_table3_trains_and_tests_a_rival_with_the_paper_recipe(tmp_path):
+def test_reproduce_table3_trains_and_tests_a_rival_with_the_paper_recipe(tmp_path, few_scenes):
     from segnet.reproduce.paper import reproduce
 
     overrides = {"epochs": 1, "size": [32, 48], "batch_size": 8, "encoder_weights": None, "bn_recompute": False,

@@ -303,7 +303,7 @@ def test_reproduce_goes_on_when_one_model_diverges(tmp_path, capsys, monkeypatch
 
 
 @pytest.mark.slow
-def test_resume_extends_finished_runs_exactly_with_crops_and_recorded_changes(tmp_path, capsys):
+def test_resume_extends_finished_runs_exactly_with_crops_and_recorded_changes(tmp_path, capsys, few_scenes):
     """2 epochs straight == 1 epoch, then --resume --epochs 2 (a finished run extended):
     same weights, bit for bit, with per-sample crops, flips, colour jitter, a weight average
     and the machine's autocast."""
