@@ -83,7 +83,7 @@ def test_bn_recompute_is_the_average_of_batch_statistics():
     assert bn.momentum == 0.1  # restored
 
 
-def test_training_run_writes_everything(tmp_path):
+def test_training_run_writes_everything(tmp_path, few_scenes):
     config = resolve_config("paper-basic", {**TINY, "epochs": 3, "val_every": 2})
     summary = train(config, tmp_path, progress=False)
     names = {p.name for p in tmp_path.iterdir()}
@@ -106,7 +106,7 @@ def test_training_run_writes_everything(tmp_path):
         train(config, tmp_path, progress=False)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, few_scenes):
     import segnet.engine.train as engine_train
 
     calls = {"n": 0}
@@ -115,7 +115,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     def poisoned(logits, *args):
         calls["n"] += 1
         total, norm = real(logits, *args)
-        return (total * float("nan") if calls["n"] > 15 else total), norm  # 12 steps in epoch 1, fail in epoch 2
+        return (total * float("nan") if calls["n"] > 3 else total), norm  # 2 steps in epoch 1, fail in epoch 2
 
     monkeypatch.setattr(engine_train, "weighted_loss_sum", poisoned)
     config = resolve_config("paper-basic", {**TINY, "epochs": 3, "bn_recompute": False})
