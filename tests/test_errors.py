@@ -237,7 +237,7 @@ def test_an_unwritable_out_is_refused_before_any_work(tmp_path, capsys):
     assert "/sys/segnet-run" in err and "cannot write" in err and "Traceback" not in err
 
 
-def test_stale_temporary_files_of_a_killed_process_are_cleaned_on_the_next_start(tmp_path):
+def test_stale_temporary_files_of_a_killed_process_are_cleaned_on_the_next_start(tmp_path, few_scenes):
     from segnet.files import remove_stale_temporaries
 
     run = tmp_path / "run"
