@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -303,11 +305,16 @@ def test_reproduce_goes_on_when_one_model_diverges(tmp_path, capsys, monkeypatch
 
 
 @pytest.mark.slow
-def test_resume_extends_finished_runs_exactly_with_crops_and_recorded_changes(tmp_path, capsys, few_scenes):
+def test_resume_extends_finished_runs_exactly_with_crops_and_recorded_changes(tmp_path, capsys, monkeypatch,
+                                                                              few_scenes):
     """2 epochs straight == 1 epoch, then --resume --epochs 2 (a finished run extended):
     same weights, bit for bit, with per-sample crops, flips, colour jitter, a weight average
     and the machine's autocast."""
     options = {**TINY, "crop": [24, 32], "hflip": True, "scale": [0.8, 1.2], "color_jitter": 0.3, "ema": 0.9}
+    # the timer training reads moves a minute at each look, so that the hours it records
+    # (4 decimals) grow by the same steps on any machine, however fast the epochs are
+    ticks = itertools.count()
+    monkeypatch.setattr("segnet.engine.train.time", SimpleNamespace(perf_counter=lambda: 60.0 * next(ticks)))
     straight, extended = tmp_path / "straight", tmp_path / "extended"
     train(resolve_config("paper-basic", {**options, "epochs": 2}), straight, progress=False)
     train(resolve_config("paper-basic", {**options, "epochs": 1}), extended, progress=False)
