@@ -14,6 +14,7 @@ rank 0 writes files.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import csv
 import logging
@@ -63,6 +64,9 @@ def _distributed() -> tuple[int, int, int]:
         return 0, 1, 0
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # leave the group before the interpreter shuts down: left to the finalizer, Gloo's
+        # worker threads can abort the exit of a finished run (SIGABRT)
+        atexit.register(dist.destroy_process_group)
     return dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0"))
 
 
@@ -437,35 +441,28 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
     after it is the last one, validated and saved as the planned last epoch would be; the run
     can be continued with ``resume``.
     """
-    # a process group this call joins (torchrun) is left when it ends: Gloo's worker threads
-    # can otherwise abort the interpreter's exit (SIGABRT) after a finished run
-    joins_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
-    try:
-        state = setup_training(config, out_dir, resume, progress)
-        state.model.train()
-        for epoch in range(state.start_epoch, config.epochs):
-            epoch_start = time.perf_counter()
-            row = train_one_epoch(state, epoch)
-            # out of time (a budgeted run): this epoch is the last, validated and saved like the planned last one
-            out_of_time = stop_at is not None and bool(_all_reduce(
-                torch.tensor(float(clock() >= stop_at), device=state.device), state.world_size) > 0)
-            metrics = validate_and_select(state, epoch, last=epoch + 1 == config.epochs or out_of_time)
-            if metrics is not None:
-                row.update({f"val_{k}": metrics[k] for k in ("global_accuracy", "mean_accuracy", "mean_iou")})
-            state.hours += (time.perf_counter() - epoch_start) / 3600  # training and validation
-            row["hours"] = round(state.hours, 4)
-            state.history.append(row)
-            if state.rank == 0:
-                save(state, "last.pt", epoch + 1, metrics)
-                _report_epoch(state, row, metrics)
-            if out_of_time and epoch + 1 < config.epochs:
-                log.info("stopped after epoch %d of %d: the time allowed ran out (--resume continues it)", epoch + 1,
-                         config.epochs)
-                break
-        return _finish(state)
-    finally:
-        if joins_group and dist.is_initialized():
-            dist.destroy_process_group()
+    state = setup_training(config, out_dir, resume, progress)
+    state.model.train()
+    for epoch in range(state.start_epoch, config.epochs):
+        epoch_start = time.perf_counter()
+        row = train_one_epoch(state, epoch)
+        # out of time (a budgeted run): this epoch is the last, validated and saved like the planned last one
+        out_of_time = stop_at is not None and bool(_all_reduce(
+            torch.tensor(float(clock() >= stop_at), device=state.device), state.world_size) > 0)
+        metrics = validate_and_select(state, epoch, last=epoch + 1 == config.epochs or out_of_time)
+        if metrics is not None:
+            row.update({f"val_{k}": metrics[k] for k in ("global_accuracy", "mean_accuracy", "mean_iou")})
+        state.hours += (time.perf_counter() - epoch_start) / 3600  # training and validation
+        row["hours"] = round(state.hours, 4)
+        state.history.append(row)
+        if state.rank == 0:
+            save(state, "last.pt", epoch + 1, metrics)
+            _report_epoch(state, row, metrics)
+        if out_of_time and epoch + 1 < config.epochs:
+            log.info("stopped after epoch %d of %d: the time allowed ran out (--resume continues it)", epoch + 1,
+                     config.epochs)
+            break
+    return _finish(state)
 
 
 def train_one_epoch(state: TrainingState, epoch: int) -> dict:
