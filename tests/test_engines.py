@@ -1,6 +1,8 @@
 """Inference engines: the rule auto follows for a given CPU, that every engine labels like
 eager, that a compile failure falls back with a notice, and that outputs say what ran."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -127,6 +129,26 @@ def test_a_compile_failure_falls_back_to_eager_with_one_notice(images, monkeypat
     assert torch.equal(first, eager) and torch.equal(second, eager)
     notices = capsys.readouterr().err.strip().splitlines()
     assert notices == ["segnet: torch.compile failed (RuntimeError: inductor exploded); running eager instead"]
+
+
+def test_an_onnx_engine_that_fails_its_parity_check_says_what_runs_and_leaves_no_files(tmp_path, monkeypatch):
+    import tempfile
+
+    import segnet.export
+    from segnet.export.onnx import ParityError
+
+    def differing_export(model, path, **_):  # what export_onnx does when onnxruntime disagrees
+        Path(path).write_bytes(b"half an export")
+        raise ParityError("onnxruntime differs from PyTorch at input (1, 3, 32, 32): 3.000% of logits off; "
+                          "the file was not written")
+
+    monkeypatch.setattr(segnet.export, "export_onnx", differing_export)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    network, _ = build_engine(load_model(model="segnet_basic").model, "int8", "auto", "cpu")
+    with pytest.raises(ParityError, match=r"^--engine int8: onnxruntime differs .*3.000% of logits off; "
+                                          r"--engine eager \(or auto, the default\) runs this model"):
+        network(torch.rand(1, 3, 32, 32))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_onnx_engines_refuse_a_gpu_with_a_clear_error():

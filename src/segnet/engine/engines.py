@@ -162,24 +162,28 @@ class OnnxRuntimeNetwork(nn.Module):
         self.session = None
 
     def _build(self, x: torch.Tensor) -> None:
-        from ..export import export_onnx
-
-        folder = Path(tempfile.mkdtemp(prefix="segnet-ort-"))
-        size = tuple(x.shape[-2:])
-        export_onnx(self.network.float().cpu(), folder / "fp32.onnx", sizes=[size], normalization=self.normalization)
-        path = folder / "fp32.onnx"
-        if self.quantize:
-            from ..export.quantize import quantize_onnx
-
-            path = quantize_onnx(path, folder / "int8.onnx", x.float().cpu().numpy())
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        for file in folder.iterdir():  # the session holds the model; nothing is left behind
-            file.unlink()
-        folder.rmdir()
+        from ..export import export_onnx
+        from ..export.onnx import ParityError
+
+        size = tuple(x.shape[-2:])
+        # the session holds the model once built: nothing is left on disk, built or failed
+        with tempfile.TemporaryDirectory(prefix="segnet-ort-") as folder:
+            path = Path(folder) / "fp32.onnx"
+            try:
+                export_onnx(self.network.float().cpu(), path, sizes=[size], normalization=self.normalization)
+            except ParityError as error:  # onnxruntime would not give PyTorch's answers: say what still runs
+                engine = "int8" if self.quantize else "onnxruntime"
+                raise ParityError(f"--engine {engine}: {str(error).removesuffix('; the file was not written')}; "
+                                  "--engine eager (or auto, the default) runs this model in PyTorch") from None
+            if self.quantize:
+                from ..export.quantize import quantize_onnx
+
+                path = quantize_onnx(path, Path(folder) / "int8.onnx", x.float().cpu().numpy())
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.session is None:
