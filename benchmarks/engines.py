@@ -4,7 +4,9 @@ costs in accuracy.
     python benchmarks/engines.py [--model segnet] [--repeats 5] [--accuracy --root CAMVID]
     python benchmarks/engines.py --emulate-avx2      # this CPU limited to AVX2 (see below)
 
-Speed: ``--model`` at 360x480, batch 1, untrained weights (speed does not depend on them).
+Speed: ``--model`` at 360x480, batch 1, untrained weights (speed does not depend on them),
+the ONNX engines' exports checked on images in the model's own normalisation, as
+``LoadedModel`` does.
 Every path is built first (its first call, compiling or exporting included, is reported
 as its start-up), then the paths run in turn, ``--repeats`` rounds, and each figure is the
 median over the rounds; ratios are to plain eager fp32 of the same run. Paths: plain eager
@@ -46,12 +48,12 @@ def main() -> None:
 
     import torch
 
-    from segnet.engine import precision
+    from segnet.engine import load_model, precision
     from segnet.engine.engines import build_engine
     from segnet.engine.measure import device_name
-    from segnet.models import create_model
 
-    model = create_model(args.model, 11).eval()
+    loaded = load_model(model=args.model)
+    model = loaded.model.eval()
     x = torch.rand(1, 3, 360, 480)
     paths, startup = {}, {}
 
@@ -65,7 +67,8 @@ def main() -> None:
 
     paths["plain eager fp32"] = plain(torch.contiguous_format, "off")
     for engine in args.engines:
-        network, runtime = build_engine(model, engine, "auto", "cpu", images=None)
+        network, runtime = build_engine(model, engine, "auto", "cpu", images=None,
+                                       normalization=loaded.normalization)
         def run(network=network):  # the engine's network runs in its own precision
             with torch.inference_mode():
                 return network(x)
