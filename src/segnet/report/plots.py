@@ -5,14 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+from ..data import DatasetMeta
 
-from ..data import DatasetMeta  # noqa: E402
+
+def _pyplot():
+    """pyplot on the file backend, imported when a picture is drawn: most commands draw none,
+    and importing it costs every command's start-up a third of a second or more."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def colorize(label: np.ndarray, meta: DatasetMeta) -> np.ndarray:
@@ -25,7 +31,7 @@ def colorize(label: np.ndarray, meta: DatasetMeta) -> np.ndarray:
 
 def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -35,7 +41,7 @@ def confusion_heatmap(matrix: np.ndarray, class_names: Sequence[str], path: Path
     rows = matrix.sum(1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+    fig, ax = _pyplot().subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
     image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(k), class_names, rotation=45, ha="right")
     ax.set_yticks(range(k), class_names)
@@ -56,7 +62,7 @@ def class_iou_bars(classes: list[dict], meta: DatasetMeta, path: Path) -> Path:
     """Horizontal IoU bars per class, in the class colours, with the mean marked."""
     names = [c["name"] for c in classes]
     values = [c["iou"] if c["iou"] is not None else 0.0 for c in classes]
-    fig, ax = plt.subplots(figsize=(6, 0.8 + 0.35 * len(names)))
+    fig, ax = _pyplot().subplots(figsize=(6, 0.8 + 0.35 * len(names)))
     colors = [np.array(meta.palette[i]) / 255 for i in range(len(names))]
     ax.barh(range(len(names)), [v * 100 for v in values], color=colors, edgecolor="black", linewidth=0.5)
     for i, c in enumerate(classes):
@@ -76,9 +82,11 @@ def class_iou_bars(classes: list[dict], meta: DatasetMeta, path: Path) -> Path:
 
 def sample_grid(samples: list, meta: DatasetMeta, path: Path) -> Path:
     """Rows of image | ground truth | prediction, with the palette as a legend."""
+    from matplotlib.patches import Patch
+
     n = max(len(samples), 1)
     height, width = samples[0][0].shape[:2] if samples else (1, 1)
-    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n * height / width + 0.6), squeeze=False)
+    fig, axes = _pyplot().subplots(n, 3, figsize=(9, 3 * n * height / width + 0.6), squeeze=False)
     for row, (image, target, pred, name) in zip(axes, samples):
         for ax, picture, title in zip(row, (image, colorize(target, meta), colorize(pred, meta)),
                                       (name, "ground truth", "prediction")):
@@ -95,7 +103,7 @@ def sample_grid(samples: list, meta: DatasetMeta, path: Path) -> Path:
 
 def training_curves(epochs: list[dict], path: Path) -> Path:
     """Training loss and validation scores per epoch (from metrics.csv rows)."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (left, right) = _pyplot().subplots(1, 2, figsize=(10, 3.8))
     x = [row["epoch"] for row in epochs]
     left.plot(x, [row["train_loss"] for row in epochs], marker=".", label="training loss")
     left.set_xlabel("epoch")
@@ -122,14 +130,14 @@ def line_colours(count: int) -> list:
         return [f"C{i}" for i in range(count)]
     if count > 20:
         raise ValueError(f"{count} lines are more than a figure's 20 distinguishable colours; draw fewer runs")
-    return [plt.get_cmap("tab20")(i) for i in range(count)]
+    return [_pyplot().get_cmap("tab20")(i) for i in range(count)]
 
 
 def curves_by_hours(runs: dict[str, list[dict]], path: Path, key: str = "val_mean_iou",
                     targets: dict[str, float] | None = None, title: str = "") -> Path:
     """One validation score against cumulative wall-clock hours, one line per run
     (``runs``: name -> metrics.csv rows), with dashed horizontal ``targets`` (percent)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _pyplot().subplots(figsize=(7, 4))
     for (name, rows), colour in zip(runs.items(), line_colours(len(runs))):
         points = [(float(r["hours"]), float(r[key]) * 100) for r in rows
                   if r.get(key) not in (None, "") and r.get("hours") not in (None, "")]
