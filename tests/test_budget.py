@@ -186,13 +186,16 @@ def test_reproduce_all_plans_runs_labels_bundles_and_imports(tmp_path, capsys, f
 @pytest.mark.slow
 def test_a_kill_at_any_moment_keeps_every_finished_run_and_a_rerun_completes(tmp_path):
     out = tmp_path / "all"
-    # a 2-epoch protocol and an hour to spend: the plan is the protocol whatever this machine's
-    # speed, and the run is killed by what it has written, not after some seconds
+    # a 2-epoch protocol and an hour to spend, planned with fixed_costs (measuring is tested
+    # elsewhere and took half this test's time): the plan is the protocol whatever this
+    # machine's speed, and the run is killed by what it has written, not after some seconds
     # (and half the generated scenes: 48 training images still leave fcn_basic's second epoch
     # many times the 50 ms the kill below waits between looks)
     command = [sys.executable, "-c", "import sys; from segnet.engine.recipes import RECIPES; "
                "RECIPES['paper-basic']['epochs'] = 2; from segnet.data import synthetic; "
                "synthetic.DEFAULT_SIZES.update(train=48, val=8, test=8); "
+               f"sys.path.insert(0, {str(Path(__file__).parent)!r}); from test_budget import fixed_costs; "
+               "import segnet.reproduce.budget as budget; budget.measure_runs = fixed_costs(); "
                "from segnet.cli import main; sys.exit(main(sys.argv[1:]))",
                "reproduce", "all", "--dataset", "synthetic", "--root", str(tmp_path), "--out", str(out),
                "--budget", "1h", "--models", "segnet_basic", "fcn_basic", "--size", "32x48", "--device", "cpu",
