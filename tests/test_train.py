@@ -151,10 +151,13 @@ def _weights(path: Path) -> dict:
     return load_checkpoint(path)["state_dict"]
 
 
-# Runs `segnet train ARGS` and kills itself with SIGKILL at training step N (the Nth loss):
-# a kill -9 at a known point, whatever the machine's load.
-_DIE_AT_STEP = """
+# Runs `segnet train ARGS` on 48/8/8 generated scenes (6 steps per epoch at batch 8) and, for
+# N > 0, kills itself with SIGKILL at training step N (the Nth loss): a kill -9 at a known
+# point, whatever the machine's load.
+_TRAIN_DYING_AT_STEP = """
 import os, signal, sys
+from segnet.data import synthetic
+synthetic.DEFAULT_SIZES.update(train=48, val=8, test=8)
 import segnet.engine.train as engine_train
 real, calls = engine_train.weighted_loss_sum, [0]
 def dying(*args, **kwargs):
@@ -168,18 +171,23 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+def _train_dying_at_step(step: int, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-c", _TRAIN_DYING_AT_STEP, str(step), *_train_command(out, *extra)[3:]]
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     small = ("--size", "32x32")  # the smallest size the CLI takes: three trainings here
-    subprocess.run(_train_command(straight, "--epochs", "2", *small), env=ENV, check=True, capture_output=True,
-                   timeout=300)
-    # 12 steps per epoch: step 18 is in the middle of epoch 2, the last
-    command = [sys.executable, "-c", _DIE_AT_STEP, "18", *_train_command(killed, "--epochs", "2", *small)[3:]]
-    process = subprocess.run(command, env=ENV, capture_output=True, timeout=300)
+    subprocess.run(_train_dying_at_step(0, straight, "--epochs", "2", *small), env=ENV, check=True,
+                   capture_output=True, timeout=300)
+    # 6 steps per epoch: step 9 is in the middle of epoch 2, the last
+    process = subprocess.run(_train_dying_at_step(9, killed, "--epochs", "2", *small), env=ENV, capture_output=True,
+                             timeout=300)
     assert process.returncode == -signal.SIGKILL
     assert load_checkpoint(killed / "last.pt")["epoch"] == 1  # it really died mid-run
-    subprocess.run(_train_command(killed, "--resume", *small), env=ENV, check=True, capture_output=True, timeout=300)
+    subprocess.run(_train_dying_at_step(0, killed, "--resume", *small), env=ENV, check=True, capture_output=True,
+                   timeout=300)
     a, b = _weights(straight / "last.pt"), _weights(killed / "last.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     history = [r["train_loss"] for r in csv.DictReader(open(killed / "metrics.csv"))]
