@@ -154,10 +154,11 @@ def _weights(path: Path) -> dict:
 # Runs `segnet train ARGS` on 48/8/8 generated scenes (6 steps per epoch at batch 8) and, for
 # N > 0, kills itself with SIGKILL at training step N (the Nth loss): a kill -9 at a known
 # point, whatever the machine's load.
-_TRAIN_DYING_AT_STEP = """
+SUBPROCESS_SCENES = {"train": 48, "val": 8, "test": 8}
+_TRAIN_DYING_AT_STEP = f"""
 import os, signal, sys
 from segnet.data import synthetic
-synthetic.DEFAULT_SIZES.update(train=48, val=8, test=8)
+synthetic.DEFAULT_SIZES.update({SUBPROCESS_SCENES!r})
 import segnet.engine.train as engine_train
 real, calls = engine_train.weighted_loss_sum, [0]
 def dying(*args, **kwargs):
@@ -195,16 +196,18 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_gloo_run_equals_one_process(tmp_path):
+def test_two_process_gloo_run_equals_one_process(tmp_path, monkeypatch):
     """torchrun, 2 CPU processes with gloo, batch 8 (4 per rank) == 1 process, batch 8 in 2
     micro-batches of 4 (batch norm sees 4 images in both; SyncBatchNorm is GPU-only); with
     random crops and flips, drawn per sample, and bf16 autocast where the CPU has it."""
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     augment = ("--crop", "24x32", "--set", "hflip=true")
-    subprocess.run(_train_command(single, "--epochs", "1", "--accumulate", "2", *augment), env=ENV, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(_train_dying_at_step(0, single, "--epochs", "1", "--accumulate", "2", *augment), env=ENV,
+                   check=True, capture_output=True, timeout=300)
+    script = tmp_path / "train.py"  # torchrun runs a file: the same script, never dying
+    script.write_text(_TRAIN_DYING_AT_STEP)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--standalone", "-m", "segnet", *_train_command(ddp, "--epochs", "1", *augment)[3:]],
+                             "--standalone", str(script), "0", *_train_command(ddp, "--epochs", "1", *augment)[3:]],
                             env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     _loaded = load_model(single / "last.pt")
@@ -223,7 +226,11 @@ def test_two_process_gloo_run_equals_one_process(tmp_path):
 
     precision = json.loads((ddp / "config.json").read_text())["runtime"]["precision"]
     assert precision == resolve_amp("auto", "cpu")
+    from segnet.data import synthetic
+
+    monkeypatch.setattr(synthetic, "DEFAULT_SIZES", SUBPROCESS_SCENES)  # the scenes the runs had
     images, labels, _ = load_split(TrainConfig(**TINY), "val", progress=False)
+    assert len(images) == SUBPROCESS_SCENES["val"]
     ddp_model = ddp_model.to(memory_format=torch.channels_last)  # as trained: same kernels, same ties
     from segnet.engine.precision import avoid_amx_bias_crash
 
