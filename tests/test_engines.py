@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from segnet.engine import load_model
-from segnet.engine.engines import COMPILE_PAYS_AFTER, build_engine, choose_engine
+from segnet.engine.engines import COMPILE_PAYS_AFTER, NnpackConv2d, build_engine, choose_engine, nnpack_available
 
 AMX = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]
 AVX512_BF16 = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"]
@@ -20,11 +20,20 @@ AVX2 = ["avx2"]
     (AMX, COMPILE_PAYS_AFTER - 1, "eager"),  # too little work to repay it
     (AMX, 1, "eager"),
     (AVX512_BF16, None, "eager"),  # compile measured no faster there
-    (AVX2, None, "eager"),
-    ([], 5, "eager"),
+    (AVX2, None, "nnpack"),  # fp32 only: NNPACK's Winograd convolutions
+    (AVX2, 1, "nnpack"),
+    ([], 5, "eager"),  # unmeasured kinds (ARM, x86 without AVX2): fp32 eager
 ])
-def test_auto_follows_the_rule_for_the_cpu_flags(flags, images, expected):
+def test_auto_follows_the_rule_for_the_cpu_flags(flags, images, expected, monkeypatch):
+    monkeypatch.setattr("segnet.engine.engines.nnpack_available", lambda: True)
     assert choose_engine("cpu", images, flags) == expected
+
+
+def test_auto_without_nnpack_runs_fp32_eager(monkeypatch):
+    monkeypatch.setattr("segnet.engine.engines.nnpack_available", lambda: False)
+    assert choose_engine("cpu", None, AVX2) == "eager"
+    with pytest.raises(ValueError, match="--engine nnpack: this torch build has no NNPACK.*use --engine eager"):
+        build_engine(load_model(model="segnet_basic").model, "nnpack", "auto", "cpu")
 
 
 def test_auto_on_cuda_is_eager_whatever_the_cpu():
@@ -35,7 +44,7 @@ def test_auto_on_cuda_is_eager_whatever_the_cpu():
 def test_eager_runs_bf16_only_where_the_cpu_has_it(flags, precision, monkeypatch):
     monkeypatch.setattr("segnet.engine.precision.cpu_description", lambda: {"model": "fake", "flags": flags})
     model = load_model(model="segnet_basic").model
-    network, runtime = build_engine(model, "auto", "auto", "cpu", images=1, flags=flags)
+    network, runtime = build_engine(model, "eager", "auto", "cpu", images=1, flags=flags)
     assert runtime == {"engine": "eager", "precision": precision}
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())  # folded
     convolutions = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -74,7 +83,8 @@ def street_plain_labels(street):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine, agreement", [("eager", 0.999), ("onnxruntime", 0.999), ("int8", 0.95)])
+@pytest.mark.parametrize("engine, agreement", [("eager", 0.999), ("nnpack", 0.999), ("onnxruntime", 0.999),
+                                               ("int8", 0.95)])
 def test_each_engine_labels_like_plain_eager(engine, agreement, street, street_plain_labels):
     """The shipped model, plain fp32 (BN unfolded, contiguous) against each engine in fp32."""
     pytest.importorskip("onnxruntime")
@@ -105,6 +115,24 @@ def test_every_model_runs_in_the_bf16_engine(name):
     with torch.inference_mode():
         logits = network(torch.rand(1, 3, 64, 96))
     assert runtime["precision"] == "bf16" and logits.shape[-2:] == (64, 96) and torch.isfinite(logits).all()
+
+
+@pytest.mark.skipif(not nnpack_available(), reason="this torch build has no NNPACK")
+@pytest.mark.parametrize("name", __import__("segnet.models", fromlist=["list_models"]).list_models())
+def test_every_model_runs_in_the_nnpack_engine(name):
+    """Every network runs with NNPACK's convolutions (FCN-8s's 100-pixel padding and
+    DeconvNet's 7x7 layers on tiny maps included) and labels like fp32 eager but for
+    near-ties: untrained DeconvNet, the most sensitive (Winograd's rounding flips a few
+    max-pooling switches), agrees on 99.8% of these pixels."""
+    torch.manual_seed(0)
+    model = load_model(model=name).model
+    network, runtime = build_engine(model, "nnpack", "auto", "cpu")
+    eager, _ = build_engine(model, "eager", "off", "cpu")
+    x = torch.rand(1, 3, 64, 96)
+    with torch.inference_mode():
+        logits, reference = network(x), eager(x)
+    assert runtime["precision"] == "fp32" and logits.shape == reference.shape and torch.isfinite(logits).all()
+    assert (logits.argmax(1) == reference.argmax(1)).float().mean() >= 0.99
 
 
 @pytest.mark.slow
@@ -154,6 +182,38 @@ def test_an_onnx_engine_that_fails_its_parity_check_says_what_runs_and_leaves_no
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(not nnpack_available(), reason="this torch build has no NNPACK")
+@pytest.mark.parametrize("name", ["segnet_basic", "segnet", "deeplab_largefov"])
+def test_nnpack_labels_like_fp32_eager_at_odd_sizes_and_batches(name):
+    """NNPACK's Winograd/FFT convolutions round differently from a direct convolution, by
+    about 1e-6 of the output's scale: the logits stay within 1e-3 of fp32 eager and the
+    labels agree but for near-ties. DeepLab's dilated convolutions stay with oneDNN."""
+    torch.manual_seed(0)
+    model = load_model(model=name).model.eval()
+    network, runtime = build_engine(model, "nnpack", "auto", "cpu")
+    replaced = [m for m in network.modules() if isinstance(m, NnpackConv2d)]
+    kept = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert runtime == {"engine": "nnpack", "precision": "fp32"} and replaced
+    assert all(m.dilation != (1, 1) for m in kept) and (bool(kept) == (name == "deeplab_largefov"))
+    eager, _ = build_engine(model, "eager", "off", "cpu")
+    x = torch.rand(2, 3, 45, 61)
+    with torch.inference_mode():
+        reference, logits = eager(x), network(x)
+        single = torch.cat([network(x[:1]), network(x[1:])])
+    assert logits.shape == reference.shape == (2, 11, 45, 61) and logits.dtype == torch.float32
+    scale = reference.abs().max()
+    assert (logits - reference).abs().max() <= 1e-3 * scale and (single - logits).abs().max() <= 1e-3 * scale
+    assert (logits.argmax(1) == reference.argmax(1)).float().mean() >= 0.999
+
+
+def test_nnpack_is_fp32_on_the_cpu_only():
+    model = load_model(model="segnet_basic").model
+    with pytest.raises(ValueError, match="--engine nnpack runs in fp32 only; leave --amp at auto or off"):
+        build_engine(model, "nnpack", "bf16", "cpu")
+    with pytest.raises(ValueError, match="--engine nnpack runs on the CPU only"):
+        build_engine(model, "nnpack", "auto", torch.device("cuda"))
+
+
 def test_the_onnx_engines_refuse_a_gpu_with_a_clear_error():
     model = load_model(model="segnet_basic").model
     with pytest.raises(ValueError, match="CPU only"):
@@ -176,7 +236,9 @@ def test_evaluate_records_the_engine_and_precision(images):
     assert result.metrics["runtime"]["precision"] == "fp32"
 
 
-def test_cli_predict_says_which_engine_ran(tmp_path, capsys):
+@pytest.mark.parametrize("engine", ["eager", pytest.param("nnpack", marks=pytest.mark.skipif(
+    not nnpack_available(), reason="this torch build has no NNPACK"))])
+def test_cli_predict_says_which_engine_ran(engine, tmp_path, capsys):
     import numpy as np
     from PIL import Image
 
@@ -184,5 +246,5 @@ def test_cli_predict_says_which_engine_ran(tmp_path, capsys):
 
     Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "a.png")
     assert main(["predict", "--model", "segnet_basic", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"),
-                 "--engine", "eager", "--amp", "off"]) == 0
-    assert "engine eager, fp32" in capsys.readouterr().out
+                 "--engine", engine, "--amp", "off"]) == 0
+    assert f"engine {engine}, fp32" in capsys.readouterr().out

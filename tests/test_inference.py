@@ -143,11 +143,12 @@ def test_benchmark_reports_every_column(tmp_path):
 
     # a 3x3 convolution on 10x10: 2 * 9 * 3 * 4 * 100 FLOPs (and its bias is not counted)
     assert count_flops(torch.nn.Conv2d(3, 4, 3, padding=1), (10, 10)) == 2 * 9 * 3 * 4 * 100
-    result = run_benchmark(["segnet_basic"], size=(33, 45), variants=("eager", "folded"), batch_sizes=(1, 2),
-                           repeats=1, progress=False)
+    variants = ("eager", "folded", "nnpack")  # nnpack: an engine, as default, compile, onnxruntime and int8 are
+    result = run_benchmark(["segnet_basic"], size=(33, 45), variants=variants, batch_sizes=(1, 2), repeats=1,
+                           progress=False)
     row = result["rows"][0]
     assert row["params_m"] == pytest.approx(1.4167, abs=1e-3) and row["gflops"] > 0
-    assert set(row["variants"]) == {"eager", "folded"}
+    assert set(row["variants"]) == set(variants)
     for r in row["variants"].values():
         assert r["latency_ms"] > 0 and r["images_per_s"] > 0 and r["best_batch"] in (1, 2)
         assert 0 < r["fraction_of_matmul_peak"] and r["peak_memory_mb"] > 0

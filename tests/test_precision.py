@@ -42,7 +42,7 @@ def test_amp_resolves_by_device_and_cpu_flags(monkeypatch):
 
 def test_cpu_flags_override_reaches_the_rules(monkeypatch):
     """SEGNET_CPU_FLAGS replaces the CPU's flags for every rule (how AVX2 is emulated)."""
-    from segnet.engine.engines import choose_engine
+    from segnet.engine.engines import choose_engine, nnpack_available
 
     monkeypatch.delenv("SEGNET_CPU_FLAGS", raising=False)  # the suite may itself run under an emulation
     cpu_description.cache_clear()
@@ -52,7 +52,8 @@ def test_cpu_flags_override_reaches_the_rules(monkeypatch):
         cpu_description.cache_clear()
         assert cpu_description() == {"model": real["model"] + " (flags from SEGNET_CPU_FLAGS)", "flags": ["avx2"]}
         assert resolve_amp("auto", "cpu") == "off"
-        assert choose_engine("cpu") == "eager"  # open-ended work compiles on AMX, not here
+        # open-ended work compiles on AMX, not here: fp32, with NNPACK where torch has it
+        assert choose_engine("cpu") == ("nnpack" if nnpack_available() else "eager")
         monkeypatch.setenv("SEGNET_CPU_FLAGS", "amx_bf16, avx2")
         cpu_description.cache_clear()
         assert cpu_description()["flags"] == ["avx2", "amx_bf16"] and resolve_amp("auto", "cpu") == "bf16"

@@ -27,7 +27,7 @@ from .models import MODELS, count_parameters, create_model
 from .progress import bar_disabled
 from .report.tables import TABLE6_COLUMNS, markdown_table, table6_markdown, training_markdown
 
-VARIANTS = ("default", "eager", "folded", "channels_last", "bf16", "compile", "onnxruntime", "int8")
+VARIANTS = ("default", "eager", "folded", "channels_last", "bf16", "compile", "nnpack", "onnxruntime", "int8")
 
 
 def run_training_benchmark(models=("segnet_basic", "segnet"), size=(360, 480), crop=(180, 240), device="cpu",
@@ -250,7 +250,7 @@ def run_table6(models=("segnet", "deeplab_largefov", "fcn8s", "fcn_bilinear", "d
 def _runner(model: nn.Module, variant: str, device: torch.device):
     """A function batch -> output for this variant, or None when it does not apply here.
     ``default`` is what every command runs (engine auto, for open-ended work); ``compile``,
-    ``onnxruntime`` and ``int8`` are those engines (``engine.engines``)."""
+    ``nnpack``, ``onnxruntime`` and ``int8`` are those engines (``engine.engines``)."""
     cuda = device.type == "cuda"
     if variant == "eager":
         model = model.to(device).eval()
@@ -259,9 +259,9 @@ def _runner(model: nn.Module, variant: str, device: torch.device):
             with torch.no_grad():
                 return model(x)
         return run
-    if variant in ("onnxruntime", "int8") and cuda:
+    if variant in ("nnpack", "onnxruntime", "int8") and cuda:
         return None
-    if variant in ("default", "compile", "onnxruntime", "int8"):
+    if variant in ("default", "compile", "nnpack", "onnxruntime", "int8"):
         network, runtime = build_engine(model.to(device), "auto" if variant == "default" else variant, "auto", device)
         def run(x):  # the engine's network runs in its own precision
             with torch.inference_mode():

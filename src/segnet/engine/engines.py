@@ -8,6 +8,9 @@ picks one for the machine.
 - ``compile``: eager's network under ``torch.compile`` (inductor, frozen weights). Its
   first call compiles (seconds; inductor's on-disk cache makes later processes faster),
   and a compile failure falls back to eager with a one-line notice.
+- ``nnpack``: eager's folded network in fp32 with its stride-1 convolutions run by NNPACK
+  (Winograd and FFT convolutions, built into torch's CPU wheels): fewer multiplications than
+  a direct convolution, so faster where fp32 is all the CPU has (CPU only, fp32 only).
 - ``onnxruntime``: the folded network exported to ONNX and run by onnxruntime in fp32
   (CPU only; needs the ``export`` extra).
 - ``int8``: that ONNX model quantised statically to int8 (QDQ, per-channel weights),
@@ -30,7 +33,7 @@ from torch import nn
 from . import precision
 from .precision import resolve_amp
 
-ENGINES = ("auto", "eager", "compile", "onnxruntime", "int8")
+ENGINES = ("auto", "eager", "compile", "nnpack", "onnxruntime", "int8")
 # torch.compile pays only when the images to segment outweigh its start-up: on a 2-core AMX
 # Xeon it took 7 to 9 s to compile cold, 4 s with inductor's cache warm, and saved 7 to 33 ms
 # per SegNet image over eager in two runs (docs/performance.md)
@@ -42,15 +45,23 @@ def choose_engine(device: str | torch.device, images: int | None = None, flags: 
     such as serve or a video). ``flags``: the CPU's flags (default: this machine's).
 
     CUDA and CPUs with native bf16 run eager (folded, channels_last, bf16); an AMX CPU
-    compiles when the work is long enough to repay compiling; other CPUs run eager in fp32
-    (onnxruntime was 1.19x eager there, eager folded + channels_last 1.10x, but
-    onnxruntime's export costs start-up time and an extra, so it is offered, not chosen)."""
+    compiles when the work is long enough to repay compiling; AVX2 CPUs without bf16 run
+    NNPACK's fp32 convolutions where torch has them (SegNet 1.64x plain fp32 with AVX2
+    kernels, eager 1.18x); other CPUs (unmeasured: ARM, x86 without AVX2) eager in fp32."""
     if torch.device(device).type == "cuda":
         return "eager"
     flags = precision.cpu_description()["flags"] if flags is None else flags
     if "amx_bf16" in flags and (images is None or images >= COMPILE_PAYS_AFTER):
         return "compile"
+    if "avx2" in flags and not {"amx_bf16", "avx512_bf16"} & set(flags) and nnpack_available():
+        return "nnpack"
     return "eager"
+
+
+def nnpack_available() -> bool:
+    """Whether torch was built with NNPACK and it runs on this CPU (the call also initialises
+    it: NNPACK's convolutions fail until it has been made once)."""
+    return hasattr(torch, "_nnpack_spatial_convolution") and torch._nnpack_available()
 
 
 def build_engine(model: nn.Module, engine: str, amp: str, device: str | torch.device,
@@ -69,9 +80,17 @@ def build_engine(model: nn.Module, engine: str, amp: str, device: str | torch.de
     device = torch.device(device)
     if engine == "auto":
         engine = choose_engine(device, images, flags)
-    if engine in ("onnxruntime", "int8") and device.type != "cpu":
+    if engine in ("nnpack", "onnxruntime", "int8") and device.type != "cpu":
         raise ValueError(f"--engine {engine} runs on the CPU only; use --device cpu, or --engine eager on {device}")
     folded = fold_batchnorm(model)[0].eval()
+    if engine == "nnpack":
+        if amp == "bf16":
+            raise ValueError("--engine nnpack runs in fp32 only; leave --amp at auto or off, or use --engine eager "
+                             "for bf16")
+        if not nnpack_available():
+            raise ValueError("--engine nnpack: this torch build has no NNPACK (or it cannot run on this CPU); use "
+                             "--engine eager")
+        return nnpack_network(folded), {"engine": "nnpack", "precision": "fp32"}
     if engine in ("onnxruntime", "int8"):
         network = OnnxRuntimeNetwork(folded, quantize=engine == "int8", normalization=normalization)
         return network, {"engine": engine, "precision": "int8" if engine == "int8" else "fp32"}
@@ -122,6 +141,40 @@ class _InFloat32(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x.float()).to(x.dtype)
+
+
+def nnpack_network(network: nn.Module) -> nn.Module:
+    """``network`` (eval mode, contiguous) with every convolution NNPACK can run replaced by
+    an ``NnpackConv2d``: stride 1, no dilation, no groups, zero padding given in pixels.
+    DeepLab's dilated and FCN's strided convolutions stay with oneDNN."""
+    for module in list(network.modules()):
+        for name, child in module.named_children():
+            if (type(child) is nn.Conv2d and child.stride == (1, 1) and child.dilation == (1, 1)
+                    and child.groups == 1 and child.padding_mode == "zeros" and not isinstance(child.padding, str)):
+                setattr(module, name, NnpackConv2d(child))
+    return network
+
+
+class NnpackConv2d(nn.Module):
+    """A convolution computed by NNPACK (``torch._nnpack_spatial_convolution``: Winograd for
+    3x3 kernels, FFT for larger ones), for inference: on SegNet's layers 2 to 3 times
+    oneDNN's fp32 direct convolution, 4.7 times for SegNet-Basic's 7x7 (docs/performance.md),
+    with fp32 rounding differences of about 1e-6 of the output's scale."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach().contiguous(), requires_grad=False)
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
+        self.bias = nn.Parameter(bias, requires_grad=False)
+        self.padding = list(conv.padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # image by image: NNPACK's batched algorithm took 1.2 to 3 times as long per image as its
+        # one-image one on SegNet's layers (2 images, 2-core EPYC), and a batch of two served
+        # slower than two single images
+        x = x.float().contiguous()
+        return torch.cat([torch._nnpack_spatial_convolution(image, self.weight, self.bias, self.padding)
+                          for image in x.split(1)])
 
 
 class CompiledNetwork(nn.Module):

@@ -58,8 +58,8 @@ class LoadedModel:
         return self
 
     def prepare(self, engine: str | None = None, amp: str = "auto", images: int | None = None) -> LoadedModel:
-        """Build the network inference runs (``engine``: auto, eager, compile, onnxruntime or
-        int8; default: this model's ``engine``) for ``images`` images (None: open-ended work,
+        """Build the network inference runs (``engine``: auto, eager, compile, nnpack,
+        onnxruntime or int8; default: this model's ``engine``) for ``images`` images (None: open-ended work,
         which is what lets ``auto`` choose to compile). ``runtime`` then names the engine and
         precision. Returns self."""
         from .engines import build_engine
