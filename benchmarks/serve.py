@@ -1,6 +1,6 @@
 """Serving throughput and latency: requests/s and p50/p99 for 1, 4 and 16 concurrent clients.
 
-    python benchmarks/serve.py [--checkpoint CKPT] [--image PNG] [--requests 48] [--json FILE]
+    python benchmarks/serve.py [--checkpoint CKPT] [--engine auto] [--image PNG] [--requests 48] [--json FILE]
 
 Starts `segnet serve`'s app (the shipped camvid_segnet_basic by default) on a free localhost
 port in this process, then each level of concurrency sends --requests POST /segment requests
@@ -34,10 +34,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
+    parser.add_argument("--engine", default="auto", help="the engine serve runs (segnet serve --engine)")
     parser.add_argument("--json")
     args = parser.parse_args()
 
-    loaded = load_model(args.checkpoint or "camvid_segnet_basic")  # serve prepares the default engine
+    loaded = load_model(args.checkpoint or "camvid_segnet_basic")
+    loaded.engine = args.engine  # serve prepares it, as `segnet serve --engine` does
     source = loaded.source
     app = create_app(loaded, Path(source).stem, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=64)
     data = Path(args.image).read_bytes()
