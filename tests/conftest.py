@@ -30,6 +30,10 @@ def _seed() -> None:
 # for tests that train or evaluate end to end in process and check what is written, not
 # what is learnt.
 FEW_SCENES = {"train": 16, "val": 4, "test": 4}
+# ... and at 48/8/8 for the trainings that run in subprocesses (kill and resume, torchrun,
+# a killed reproduction), set by the script each one runs: 6 steps an epoch at batch 8,
+# enough for a kill to land mid-epoch
+SUBPROCESS_SCENES = {"train": 48, "val": 8, "test": 8}
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SUBPROCESS_SCENES
 from segnet.cli import main
 from segnet.reproduce.budget import (PlannedRun, in_child, measure_side_by_side, parse_budget, plan_runs,
                                      priority_runs, reproduce_all, stop_time)
@@ -189,11 +190,11 @@ def test_a_kill_at_any_moment_keeps_every_finished_run_and_a_rerun_completes(tmp
     # a 2-epoch protocol and an hour to spend, planned with fixed_costs (measuring is tested
     # elsewhere and took half this test's time): the plan is the protocol whatever this
     # machine's speed, and the run is killed by what it has written, not after some seconds
-    # (and half the generated scenes: 48 training images still leave fcn_basic's second epoch
-    # many times the 50 ms the kill below waits between looks)
+    # (and SUBPROCESS_SCENES: 48 training images still leave fcn_basic's second epoch many times
+    # the 50 ms the kill below waits between looks)
     command = [sys.executable, "-c", "import sys; from segnet.engine.recipes import RECIPES; "
                "RECIPES['paper-basic']['epochs'] = 2; from segnet.data import synthetic; "
-               "synthetic.DEFAULT_SIZES.update(train=48, val=8, test=8); "
+               f"synthetic.DEFAULT_SIZES.update({SUBPROCESS_SCENES!r}); "
                f"sys.path.insert(0, {str(Path(__file__).parent)!r}); from test_budget import fixed_costs; "
                "import segnet.reproduce.budget as budget; budget.measure_runs = fixed_costs(); "
                "from segnet.cli import main; sys.exit(main(sys.argv[1:]))",

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import CAMVID_ROOT
+from conftest import CAMVID_ROOT, SUBPROCESS_SCENES
 from segnet.cli import main
 from segnet.engine import load_checkpoint, load_model
 from segnet.engine.recipes import RECIPES, parse_override, resolve_config
@@ -152,11 +152,9 @@ def _weights(path: Path) -> dict:
     return load_checkpoint(path)["state_dict"]
 
 
-# Runs `segnet train ARGS` on 48/8/8 generated scenes (6 steps per epoch at batch 8) and, for
-# N > 0, kills itself with SIGKILL at training step N (the Nth loss): a kill -9 at a known
-# point, whatever the machine's load.
-SUBPROCESS_SCENES = {"train": 48, "val": 8, "test": 8}
-_TRAIN_DYING_AT_STEP = f"""
+# Runs `segnet train ARGS` on SUBPROCESS_SCENES and, for N > 0, kills itself with SIGKILL at
+# training step N (the Nth loss): a kill -9 at a known point, whatever the machine's load.
+_TRAIN_SCRIPT = f"""
 import os, signal, sys
 from segnet.data import synthetic
 synthetic.DEFAULT_SIZES.update({SUBPROCESS_SCENES!r})
@@ -173,22 +171,22 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def _train_dying_at_step(step: int, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-c", _TRAIN_DYING_AT_STEP, str(step), *_train_command(out, *extra)[3:]]
+def _train_in_subprocess(out: Path, *extra: str, die_at_step: int = 0) -> list[str]:
+    return [sys.executable, "-c", _TRAIN_SCRIPT, str(die_at_step), *_train_command(out, *extra)[3:]]
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     small = ("--size", "32x32")  # the smallest size the CLI takes: three trainings here
-    subprocess.run(_train_dying_at_step(0, straight, "--epochs", "2", *small), env=ENV, check=True,
+    subprocess.run(_train_in_subprocess(straight, "--epochs", "2", *small), env=ENV, check=True,
                    capture_output=True, timeout=300)
     # 6 steps per epoch: step 9 is in the middle of epoch 2, the last
-    process = subprocess.run(_train_dying_at_step(9, killed, "--epochs", "2", *small), env=ENV, capture_output=True,
-                             timeout=300)
+    process = subprocess.run(_train_in_subprocess(killed, "--epochs", "2", *small, die_at_step=9), env=ENV,
+                             capture_output=True, timeout=300)
     assert process.returncode == -signal.SIGKILL
     assert load_checkpoint(killed / "last.pt")["epoch"] == 1  # it really died mid-run
-    subprocess.run(_train_dying_at_step(0, killed, "--resume", *small), env=ENV, check=True, capture_output=True,
+    subprocess.run(_train_in_subprocess(killed, "--resume", *small), env=ENV, check=True, capture_output=True,
                    timeout=300)
     a, b = _weights(straight / "last.pt"), _weights(killed / "last.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -203,10 +201,10 @@ def test_two_process_gloo_run_equals_one_process(tmp_path, monkeypatch):
     random crops and flips, drawn per sample, and bf16 autocast where the CPU has it."""
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     augment = ("--crop", "24x32", "--set", "hflip=true")
-    subprocess.run(_train_dying_at_step(0, single, "--epochs", "1", "--accumulate", "2", *augment), env=ENV,
+    subprocess.run(_train_in_subprocess(single, "--epochs", "1", "--accumulate", "2", *augment), env=ENV,
                    check=True, capture_output=True, timeout=300)
     script = tmp_path / "train.py"  # torchrun runs a file: the same script, never dying
-    script.write_text(_TRAIN_DYING_AT_STEP)
+    script.write_text(_TRAIN_SCRIPT)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                              "--standalone", str(script), "0", *_train_command(ddp, "--epochs", "1", *augment)[3:]],
                             env=ENV, capture_output=True, text=True, timeout=300)
@@ -227,9 +225,7 @@ def test_two_process_gloo_run_equals_one_process(tmp_path, monkeypatch):
 
     precision = json.loads((ddp / "config.json").read_text())["runtime"]["precision"]
     assert precision == resolve_amp("auto", "cpu")
-    from segnet.data import synthetic
-
-    monkeypatch.setattr(synthetic, "DEFAULT_SIZES", SUBPROCESS_SCENES)  # the scenes the runs had
+    monkeypatch.setattr("segnet.data.synthetic.DEFAULT_SIZES", SUBPROCESS_SCENES)  # the scenes the runs had
     images, labels, _ = load_split(TrainConfig(**TINY), "val", progress=False)
     assert len(images) == SUBPROCESS_SCENES["val"]
     ddp_model = ddp_model.to(memory_format=torch.channels_last)  # as trained: same kernels, same ties
