@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import torchvision_vgg16_features
 from segnet.models import create_model
 from segnet.models.init import VGG16_CONV_INDICES
 
@@ -25,9 +26,7 @@ def test_he_init_and_zero_bias():
 
 
 def test_loads_torchvision_vgg16_layout_into_encoder_only(tmp_path):
-    import torchvision  # here, not at the top: importing it takes seconds of every worker's collection
-
-    vgg = torchvision.models.vgg16(weights=None).features
+    vgg = torchvision_vgg16_features()
     path = tmp_path / "vgg16.pth"
     torch.save(vgg.state_dict(), path)
     model = create_model("segnet", 11)
@@ -63,9 +62,7 @@ def test_shared_imagenet_weights_fill_every_encoder_conv(vgg16_weights):
 
 
 def test_bad_weights_file_leaves_model_untouched(tmp_path):
-    import torchvision
-
-    vgg = torchvision.models.vgg16(weights=None).features.state_dict()
+    vgg = torchvision_vgg16_features().state_dict()
     del vgg["28.bias"]  # torchvision's `features` module has keys without the prefix
     path = tmp_path / "broken.pth"
     torch.save(vgg, path)
