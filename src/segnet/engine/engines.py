@@ -173,6 +173,8 @@ class NnpackConv2d(nn.Module):
         # one-image one on SegNet's layers (2 images, 2-core EPYC), and a batch of two served
         # slower than two single images
         x = x.float().contiguous()
+        if len(x) == 1:  # no torch.cat: for one image it would only copy the output
+            return torch._nnpack_spatial_convolution(x, self.weight, self.bias, self.padding)
         return torch.cat([torch._nnpack_spatial_convolution(image, self.weight, self.bias, self.padding)
                           for image in x.split(1)])
 
