@@ -283,6 +283,7 @@ def test_a_measurement_that_crashes_its_process_is_reported_not_fatal():
         in_child(_out_of_memory)
 
 
+@pytest.mark.slow  # a budgeted reproduction end to end
 def test_a_model_that_cannot_be_measured_costs_its_row_only(tmp_path, monkeypatch, capsys, few_scenes):
     from segnet.engine.recipes import RECIPES
 

@@ -133,6 +133,7 @@ def test_the_amx_bias_workaround_is_keyed_on_the_cpu_flags(flags, precision, dev
     assert torch.allclose(before, after, atol=1e-5)  # the same sum, added in another place
 
 
+@pytest.mark.slow  # a training run end to end (the rule itself is checked above, in test-fast too)
 def test_training_records_the_amx_workaround(tmp_path, monkeypatch, few_scenes):
     import json
 
