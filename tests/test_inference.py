@@ -329,6 +329,18 @@ def test_predict_removes_what_a_killed_predict_left_half_written(tmp_path):
     assert not left.exists()
 
 
+@pytest.mark.parametrize("variant", ["eager", "folded", "channels_last"])
+def test_a_benchmark_variant_on_another_device_runs_a_copy_and_leaves_the_model_on_the_cpu(variant):
+    # on a GPU each variant's peak memory must hold its own weights only, not the unfolded
+    # model too; the meta device stands in for the GPU (shapes only, no computation)
+    from segnet.benchmark import _runner
+
+    model = create_model("segnet_basic", 11).eval()
+    run = _runner(model, variant, torch.device("meta"))
+    assert run(torch.empty(1, 3, 32, 48, device="meta")).shape == (1, 11, 32, 48)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
 @pytest.mark.slow
 def test_a_model_onnx_cannot_export_loses_that_variant_only(capsys):
     from segnet.benchmark import benchmark_model
