@@ -268,7 +268,7 @@ def test_demo_wiring(tmp_path, monkeypatch, capsys, few_scenes):
 
 
 @pytest.mark.slow
-def test_reproduce_labels_reduced_scale_and_reuses_finished_runs(tmp_path, capsys):
+def test_reproduce_labels_reduced_scale_and_reuses_finished_runs(tmp_path, capsys, few_scenes):
     from segnet.reproduce.paper import reproduce
 
     overrides = {"epochs": 1, "size": [32, 48], "batch_size": 8, "device": "cpu", "bn_recompute": False}
@@ -291,7 +291,7 @@ def test_reproduce_labels_reduced_scale_and_reuses_finished_runs(tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_reproduce_goes_on_when_one_model_diverges(tmp_path, capsys, monkeypatch):
+def test_reproduce_goes_on_when_one_model_diverges(tmp_path, capsys, monkeypatch, few_scenes):
     # One variant stops with a non-finite loss (as FCN-Basic-NoDimReduction does at lr 0.1 on
     # CamVid); the table must say so for it and still hold the model trained after it.
     import segnet.reproduce.paper as reproduce_module
@@ -362,7 +362,7 @@ def test_resume_extends_finished_runs_exactly_with_crops_and_recorded_changes(tm
 
 
 @pytest.mark.slow
-def test_init_from_loads_weights_and_reinitialises_only_a_resized_classifier(tmp_path, capsys):
+def test_init_from_loads_weights_and_reinitialises_only_a_resized_classifier(tmp_path, capsys, few_scenes):
     from segnet.engine.train import load_initial_weights
     from segnet.models import create_model
 
@@ -386,7 +386,7 @@ def test_init_from_loads_weights_and_reinitialises_only_a_resized_classifier(tmp
 
 @pytest.mark.slow
 def test_progress_in_a_log_file_is_one_line_per_epoch(tmp_path):
-    result = subprocess.run(_train_command(tmp_path / "run", "--epochs", "2", "--set", "bn_recompute=false"),
+    result = subprocess.run(_train_in_subprocess(tmp_path / "run", "--epochs", "2", "--set", "bn_recompute=false"),
                             env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "\r" not in result.stderr  # no progress bars when stderr is not a terminal
