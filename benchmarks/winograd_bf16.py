@@ -1,6 +1,6 @@
 """Would a Winograd convolution with a bf16 matrix multiply beat oneDNN's bf16 convolution?
 
-    python benchmarks/winograd_bf16.py [--repeats 5]
+    python benchmarks/winograd_bf16.py [--repeats 5]   # with segnet installed (or PYTHONPATH=src)
 
 On a CPU with AVX-512 bf16 but no AMX, the bf16 default runs SegNet's convolutions at
 the cores' dot-product peak (docs/performance.md), so only fewer multiplications can go
@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import torch
 import torch.nn.functional as F
+
+from segnet.engine.measure import median_seconds
 
 # Lavin and Gray's transforms: F(2x2, 3x3) with points 0, 1, -1, inf and F(4x4, 3x3) with
 # points 0, 1, -1, 2, -2, inf
@@ -68,13 +69,7 @@ def winograd_conv(x: torch.Tensor, v: torch.Tensor, m: int) -> torch.Tensor:
 
 
 def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1000
+    return median_seconds(fn, repeats, warmup=1, device=torch.device("cpu")) * 1000
 
 
 def main() -> None:
