@@ -28,7 +28,8 @@ from .models import MODELS, count_parameters, create_model
 from .progress import bar_disabled
 from .report.tables import TABLE6_COLUMNS, markdown_table, table6_markdown, training_markdown
 
-VARIANTS = ("default", "eager", "folded", "channels_last", "bf16", "compile", "nnpack", "onnxruntime", "int8")
+VARIANTS = ("default", "eager", "folded", "channels_last", "bf16", "compile", "winograd", "nnpack", "onnxruntime",
+            "int8")
 
 
 def run_training_benchmark(models=("segnet_basic", "segnet"), size=(360, 480), crop=(180, 240), device="cpu",
@@ -251,7 +252,7 @@ def run_table6(models=("segnet", "deeplab_largefov", "fcn8s", "fcn_bilinear", "d
 def _runner(model: nn.Module, variant: str, device: torch.device):
     """A function batch -> output for this variant, or None when it does not apply here.
     ``default`` is what every command runs (engine auto, for open-ended work); ``compile``,
-    ``nnpack``, ``onnxruntime`` and ``int8`` are those engines (``engine.engines``).
+    ``winograd``, ``nnpack``, ``onnxruntime`` and ``int8`` are those engines (``engine.engines``).
     ``model`` stays on the CPU: on a GPU a variant runs a copy, so that its peak memory holds
     its own weights only (before, every variant measured after ``eager`` also held the
     unfolded fp32 model, 118 MB for SegNet)."""
@@ -265,9 +266,9 @@ def _runner(model: nn.Module, variant: str, device: torch.device):
             with torch.no_grad():
                 return model(x)
         return run
-    if variant in ("nnpack", "onnxruntime", "int8") and cuda:
+    if variant in ("winograd", "nnpack", "onnxruntime", "int8") and cuda:
         return None
-    if variant in ("default", "compile", "nnpack", "onnxruntime", "int8"):
+    if variant in ("default", "compile", "winograd", "nnpack", "onnxruntime", "int8"):
         network, runtime = build_engine(model.to(device), "auto" if variant == "default" else variant, "auto", device)
         def run(x):  # the engine's network runs in its own precision
             with torch.inference_mode():

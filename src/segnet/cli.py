@@ -514,8 +514,9 @@ def _engine_option(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="how the network runs: auto (the default: BN folded, channels_last and bf16 where the "
-                        "CPU or GPU has it; torch.compile on AMX CPUs for long work; NNPACK's fp32 convolutions on "
-                        "AVX2 CPUs without bf16), eager, compile, nnpack (fp32, CPU), onnxruntime (fp32) or int8 "
+                        "CPU or GPU has it; torch.compile on AMX CPUs for long work; bf16 Winograd convolutions on "
+                        "AVX-512 bf16 CPUs without AMX; NNPACK's fp32 convolutions on AVX2 CPUs without bf16), "
+                        "eager, compile, winograd (bf16, CPU), nnpack (fp32, CPU), onnxruntime (fp32) or int8 "
                         "(onnxruntime, calibrated on the first batch; costs accuracy). What ran is printed and "
                         "recorded (docs/performance.md has the measurements)")
     parser.add_argument("--tta", type=_tta, metavar="VIEWS", help=TTA_HELP)
@@ -890,7 +891,7 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--variants", nargs="+", choices=VARIANTS,
                    help="default: default (what every command runs: engine auto) eager folded channels_last, then "
                    "bf16 on CUDA and on CPUs with native bf16 (avx512_bf16/amx_bf16), and onnxruntime on CPU; "
-                   "compile, nnpack and int8 (the engines of those names) on request")
+                   "compile, winograd, nnpack and int8 (the engines of those names) on request")
     p.add_argument("--batch-sizes", type=_positive_int, nargs="+", help="default: 1 2 (CPU), 1 8 32 64 (CUDA)")
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats per measurement (default: 3)")
     p.add_argument("--table6", action="store_true",

@@ -8,6 +8,11 @@ picks one for the machine.
 - ``compile``: eager's network under ``torch.compile`` (inductor, frozen weights). Its
   first call compiles (seconds; inductor's on-disk cache makes later processes faster),
   and a compile failure falls back to eager with a one-line notice.
+- ``winograd``: eager's bf16 network with its 3x3 convolutions on small feature maps (90x120
+  pixels or fewer, 128 channels or more) computed by Winograd F(4x4, 3x3) with bf16 matrix
+  multiplies (``engine.winograd``): a quarter of the multiplications, for CPUs whose bf16
+  convolutions are already at their dot-product peak (bf16 only; it costs some accuracy,
+  measured in docs/performance.md).
 - ``nnpack``: eager's folded network in fp32 with its stride-1 convolutions run by NNPACK
   (Winograd and FFT convolutions, built into torch's CPU wheels): fewer multiplications than
   a direct convolution, so faster where fp32 is all the CPU has (CPU only, fp32 only).
@@ -32,8 +37,9 @@ from torch import nn
 
 from . import precision
 from .precision import resolve_amp
+from .winograd import winograd_network
 
-ENGINES = ("auto", "eager", "compile", "nnpack", "onnxruntime", "int8")
+ENGINES = ("auto", "eager", "compile", "winograd", "nnpack", "onnxruntime", "int8")
 # torch.compile pays only when the images to segment outweigh its start-up: on a 2-core AMX
 # Xeon it took 7 to 9 s to compile cold, 4 s with inductor's cache warm, and saved 7 to 33 ms
 # per SegNet image over eager in two runs (docs/performance.md)
@@ -44,16 +50,20 @@ def choose_engine(device: str | torch.device, images: int | None = None, flags: 
     """The engine ``auto`` means on ``device`` for ``images`` images (None: open-ended work,
     such as serve or a video). ``flags``: the CPU's flags (default: this machine's).
 
-    CUDA and CPUs with native bf16 run eager (folded, channels_last, bf16); an AMX CPU
-    compiles when the work is long enough to repay compiling; AVX2 CPUs without bf16 run
-    NNPACK's fp32 convolutions where torch has them (SegNet 1.64x plain fp32 with AVX2
-    kernels, eager 1.18x); other CPUs (unmeasured: ARM, x86 without AVX2) eager in fp32."""
+    CUDA runs eager (folded, channels_last, bf16); an AMX CPU eager too, compiled when the
+    work is long enough to repay compiling; AVX-512 bf16 CPUs without AMX run the bf16
+    Winograd convolutions (SegNet 1.4-1.5x eager bf16 on a Zen 4 EPYC, at 0.08 mIoU); AVX2
+    CPUs without bf16 run NNPACK's fp32 convolutions where torch has them (SegNet 1.64x plain
+    fp32 with AVX2 kernels, eager 1.18x); other CPUs (unmeasured: ARM, x86 without AVX2)
+    eager in fp32."""
     if torch.device(device).type == "cuda":
         return "eager"
     flags = precision.cpu_description()["flags"] if flags is None else flags
-    if "amx_bf16" in flags and (images is None or images >= COMPILE_PAYS_AFTER):
-        return "compile"
-    if "avx2" in flags and not {"amx_bf16", "avx512_bf16"} & set(flags) and nnpack_available():
+    if "amx_bf16" in flags:
+        return "compile" if images is None or images >= COMPILE_PAYS_AFTER else "eager"
+    if "avx512_bf16" in flags:
+        return "winograd"
+    if "avx2" in flags and nnpack_available():
         return "nnpack"
     return "eager"
 
@@ -78,10 +88,17 @@ def build_engine(model: nn.Module, engine: str, amp: str, device: str | torch.de
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     device = torch.device(device)
+    precision = resolve_amp(amp, device)
     if engine == "auto":
         engine = choose_engine(device, images, flags)
-    if engine in ("nnpack", "onnxruntime", "int8") and device.type != "cpu":
+        # auto's pick runs in one precision: another precision asked for (--amp) runs eager
+        if (engine, precision) in (("winograd", "off"), ("nnpack", "bf16")):
+            engine = "eager"
+    if engine in ("winograd", "nnpack", "onnxruntime", "int8") and device.type != "cpu":
         raise ValueError(f"--engine {engine} runs on the CPU only; use --device cpu, or --engine eager on {device}")
+    if engine == "winograd" and precision != "bf16":
+        raise ValueError("--engine winograd runs in bf16 only, and this CPU has no native bf16 (or --amp off was "
+                         "asked for); use --engine eager, or nnpack for fast fp32 on AVX2 CPUs")
     folded = fold_batchnorm(model)[0].eval()
     if engine == "nnpack":
         if amp == "bf16":
@@ -95,7 +112,8 @@ def build_engine(model: nn.Module, engine: str, amp: str, device: str | torch.de
         network = OnnxRuntimeNetwork(folded, quantize=engine == "int8", normalization=normalization)
         return network, {"engine": engine, "precision": "int8" if engine == "int8" else "fp32"}
     folded = folded.to(memory_format=torch.channels_last)
-    precision = resolve_amp(amp, device)
+    if engine == "winograd":
+        folded = winograd_network(folded)
     if precision == "bf16":
         folded = Bf16Network(folded)
     if engine == "compile":

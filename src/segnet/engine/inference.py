@@ -58,7 +58,7 @@ class LoadedModel:
         return self
 
     def prepare(self, engine: str | None = None, amp: str = "auto", images: int | None = None) -> LoadedModel:
-        """Build the network inference runs (``engine``: auto, eager, compile, nnpack,
+        """Build the network inference runs (``engine``: auto, eager, compile, winograd, nnpack,
         onnxruntime or int8; default: this model's ``engine``) for ``images`` images (None: open-ended work,
         which is what lets ``auto`` choose to compile). ``runtime`` then names the engine and
         precision. Returns self."""
