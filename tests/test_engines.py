@@ -167,8 +167,12 @@ def test_the_winograd_engine_replaces_the_wide_3x3_convolutions_only(name):
     assert runtime == {"engine": "winograd", "precision": "bf16"} and replaced and kept
     assert all(min(m.conv.in_channels, m.conv.out_channels) >= MIN_CHANNELS for m in replaced)
     assert all(min(m.in_channels, m.out_channels) < MIN_CHANNELS or m.dilation != (1, 1) for m in kept)
+    with torch.inference_mode():
+        logits = network(torch.rand(1, 3, 32, 48))
+    assert logits.shape == (1, 11, 32, 48) and logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
 
 
+@pytest.mark.slow
 def test_the_winograd_engine_labels_the_shipped_segnet_like_fp32(street):
     """The shipped SegNet on two street scenes at their own 96x128, against plain fp32: the
     Winograd engine's logits are off by at most twice the bf16 eager engine's error and the

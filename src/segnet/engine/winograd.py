@@ -62,10 +62,14 @@ def winograd_network(network: nn.Module) -> nn.Module:
 
 
 def transform_weights(weight: torch.Tensor, g: torch.Tensor = G) -> torch.Tensor:
-    """``g w g^T`` for every (out, in) pair of a 3x3 ``weight``, in float64, laid out (tile
-    position, in, out) for the batched multiply of ``winograd_conv3x3``."""
-    cout, cin = weight.shape[:2]
-    return (g @ weight.double() @ g.T).reshape(cout, cin, -1).permute(2, 1, 0).contiguous()
+    """``g w g^T`` for every (out, in) pair of a 3x3 ``weight``, laid out (tile position, in,
+    out) for the batched multiply of ``winograd_conv3x3``; in fp32 for fp32 weights (the
+    engine rounds it to bf16, so fp32's 1e-7 is lost there) and in float64 for float64 ones."""
+    dtype = torch.promote_types(weight.dtype, torch.float32)
+    g = g.to(dtype)
+    # (a, 3) x (out, in, 3, 3) x (3, a) as two large products, not a million tiny ones
+    tiles = torch.tensordot(torch.tensordot(g, weight.to(dtype), dims=([1], [2])), g, dims=([3], [1]))
+    return tiles.permute(0, 3, 2, 1).reshape(g.shape[0] ** 2, weight.shape[1], weight.shape[0]).contiguous()
 
 
 def winograd_conv3x3(x: torch.Tensor, weight_tiles: torch.Tensor, input_transform: torch.Tensor,
