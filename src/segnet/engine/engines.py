@@ -113,7 +113,7 @@ def build_engine(model: nn.Module, engine: str, amp: str, device: str | torch.de
         return network, {"engine": engine, "precision": "int8" if engine == "int8" else "fp32"}
     folded = folded.to(memory_format=torch.channels_last)
     if engine == "winograd":
-        folded = winograd_network(folded)
+        folded = winograd_network(folded, torch.bfloat16)
     if precision == "bf16":
         folded = Bf16Network(folded)
     if engine == "compile":

@@ -10,7 +10,7 @@ where the multiplications dominate: feature maps of at most ``MAX_PIXELS`` pixel
 least ``MIN_CHANNELS`` channels in and out (SegNet's layers at 90x120 and below, 18 of its 26
 3x3 convolutions at 360x480). Measured in docs/performance.md; the rounding of the
 transformed tiles and products in bf16 makes each layer's error about 7 times a direct bf16
-convolution's.
+convolution's, and the transformed weights take four times the room of the weights.
 """
 
 from __future__ import annotations
@@ -47,17 +47,18 @@ MAX_PIXELS = 90 * 120
 MIN_CHANNELS = 128
 
 
-def winograd_network(network: nn.Module) -> nn.Module:
-    """``network`` (eval mode, fp32, before it is cast to bf16) with every 3x3 convolution of
-    stride 1, padding 1 and at least ``MIN_CHANNELS`` channels in and out replaced by a
-    ``WinogradConv2d``. Dilated, strided and grouped convolutions stay with oneDNN."""
+def winograd_network(network: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """``network`` (eval mode) with every 3x3 convolution of stride 1, padding 1 and at least
+    ``MIN_CHANNELS`` channels in and out replaced by a ``WinogradConv2d`` whose transformed
+    weights are in ``dtype`` (default: the convolution's). Dilated, strided and grouped
+    convolutions stay with oneDNN."""
     for module in list(network.modules()):
         for name, child in module.named_children():
             if (type(child) is nn.Conv2d and child.kernel_size == (3, 3) and child.stride == (1, 1)
                     and child.padding == (1, 1) and child.dilation == (1, 1) and child.groups == 1
                     and child.padding_mode == "zeros"
                     and min(child.in_channels, child.out_channels) >= MIN_CHANNELS):
-                setattr(module, name, WinogradConv2d(child))
+                setattr(module, name, WinogradConv2d(child, dtype))
     return network
 
 
@@ -102,11 +103,18 @@ class WinogradConv2d(nn.Module):
     the dtype it is cast to (bf16 in the ``winograd`` engine; float64 gives the direct
     convolution's result to rounding, which is how the transforms are tested)."""
 
-    def __init__(self, conv: nn.Conv2d) -> None:
+    def __init__(self, conv: nn.Conv2d, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.conv = conv
-        dtype = conv.weight.dtype
-        self.register_buffer("weight_tiles", transform_weights(conv.weight.detach()).to(dtype))
+        # the transformed weights (four times the convolution's) go straight to the dtype they
+        # run in: built in fp32 for a whole network first, they more than doubled the peak
+        # memory of a SegNet prediction (1.5 GB against 0.9 for eager)
+        dtype = dtype or conv.weight.dtype
+        weight = conv.weight.detach()
+        tiles = torch.empty(36, conv.in_channels, conv.out_channels, dtype=dtype)
+        for start in range(0, conv.out_channels, 64):  # 64 outputs at a time: small transients
+            tiles[:, :, start:start + 64] = transform_weights(weight[start:start + 64])
+        self.register_buffer("weight_tiles", tiles)
         self.register_buffer("input_transform", torch.kron(B_T, B_T).to(dtype))
         self.register_buffer("output_transform", torch.kron(A_T, A_T).to(dtype))
 
