@@ -67,7 +67,7 @@ def transform_weights(weight: torch.Tensor, g: torch.Tensor = G) -> torch.Tensor
     out) for the batched multiply of ``winograd_conv3x3``; in fp32 for fp32 weights (the
     engine rounds it to bf16, so fp32's 1e-7 is lost there) and in float64 for float64 ones."""
     dtype = torch.promote_types(weight.dtype, torch.float32)
-    g = g.to(dtype)
+    g = g.to(weight.device, dtype)
     # (a, 3) x (out, in, 3, 3) x (3, a) as two large products, not a million tiny ones
     tiles = torch.tensordot(torch.tensordot(g, weight.to(dtype), dims=([1], [2])), g, dims=([3], [1]))
     return tiles.permute(0, 3, 2, 1).reshape(g.shape[0] ** 2, weight.shape[1], weight.shape[0]).contiguous()
@@ -111,12 +111,12 @@ class WinogradConv2d(nn.Module):
         # memory of a SegNet prediction (1.5 GB against 0.9 for eager)
         dtype = dtype or conv.weight.dtype
         weight = conv.weight.detach()
-        tiles = torch.empty(36, conv.in_channels, conv.out_channels, dtype=dtype)
+        tiles = torch.empty(36, conv.in_channels, conv.out_channels, dtype=dtype, device=weight.device)
         for start in range(0, conv.out_channels, 64):  # 64 outputs at a time: small transients
             tiles[:, :, start:start + 64] = transform_weights(weight[start:start + 64])
         self.register_buffer("weight_tiles", tiles)
-        self.register_buffer("input_transform", torch.kron(B_T, B_T).to(dtype))
-        self.register_buffer("output_transform", torch.kron(A_T, A_T).to(dtype))
+        self.register_buffer("input_transform", torch.kron(B_T, B_T).to(weight.device, dtype))
+        self.register_buffer("output_transform", torch.kron(A_T, A_T).to(weight.device, dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
