@@ -141,7 +141,7 @@ def test_the_winograd_convolution_is_the_direct_one_in_float64(bias):
     """The transforms are exact: in float64 the Winograd F(4x4, 3x3) convolution gives the
     direct convolution's output to rounding, at sizes that are not multiples of the 4x4
     tile, for a batch split over several calls (3 images of 45x61 per call) and for a
-    single pixel; a map over MAX_PIXELS runs the original convolution."""
+    single pixel; a map over MAX_PIXELS, or an empty input, runs the original convolution."""
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(128, 130, 3, padding=1, bias=bias).double()
     layer = WinogradConv2d(conv)
@@ -154,6 +154,9 @@ def test_the_winograd_convolution_is_the_direct_one_in_float64(bias):
     large = torch.randn(1, 128, 91, MAX_PIXELS // 91 + 1, dtype=torch.float64)
     with torch.inference_mode():
         assert torch.equal(layer(large), conv(large))
+        assert layer(torch.randn(0, 128, 8, 8, dtype=torch.float64)).shape == (0, 130, 8, 8)
+        with pytest.raises(RuntimeError, match="Kernel size can't be greater than actual input size"):
+            layer(torch.randn(1, 128, 0, 8, dtype=torch.float64))  # as the convolution says, not 1/0
 
 
 @pytest.mark.parametrize("name", ["segnet", "deeplab_largefov"])
