@@ -37,7 +37,7 @@ from torch import nn
 
 from . import precision
 from .precision import resolve_amp
-from .winograd import winograd_network
+from .winograd import WinogradConv2d, winograd_fits
 
 ENGINES = ("auto", "eager", "compile", "winograd", "nnpack", "onnxruntime", "int8")
 # torch.compile pays only when the images to segment outweigh its start-up: on a 2-core AMX
@@ -99,21 +99,22 @@ def build_engine(model: nn.Module, engine: str, amp: str, device: str | torch.de
     if engine == "winograd" and precision != "bf16":
         raise ValueError("--engine winograd runs in bf16 only, and this CPU has no native bf16 (or --amp off was "
                          "asked for); use --engine eager, or nnpack for fast fp32 on AVX2 CPUs")
+    if engine == "nnpack" and amp == "bf16":
+        raise ValueError("--engine nnpack runs in fp32 only; leave --amp at auto or off, or use --engine eager "
+                         "for bf16")
+    if engine == "nnpack" and not nnpack_available():
+        raise ValueError("--engine nnpack: this torch build has no NNPACK (or it cannot run on this CPU); use "
+                         "--engine eager")
     folded = fold_batchnorm(model)[0].eval()
     if engine == "nnpack":
-        if amp == "bf16":
-            raise ValueError("--engine nnpack runs in fp32 only; leave --amp at auto or off, or use --engine eager "
-                             "for bf16")
-        if not nnpack_available():
-            raise ValueError("--engine nnpack: this torch build has no NNPACK (or it cannot run on this CPU); use "
-                             "--engine eager")
         return nnpack_network(folded), {"engine": "nnpack", "precision": "fp32"}
     if engine in ("onnxruntime", "int8"):
         network = OnnxRuntimeNetwork(folded, quantize=engine == "int8", normalization=normalization)
         return network, {"engine": engine, "precision": "int8" if engine == "int8" else "fp32"}
     folded = folded.to(memory_format=torch.channels_last)
     if engine == "winograd":
-        folded = winograd_network(folded, torch.bfloat16)
+        folded = replace_layers(folded, lambda layer: WinogradConv2d(layer, torch.bfloat16)
+                                if winograd_fits(layer) else None)
     if precision == "bf16":
         folded = Bf16Network(folded)
     if engine == "compile":
@@ -135,10 +136,7 @@ class Bf16Network(nn.Module):
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
-        for module in list(network.modules()):
-            for name, child in module.named_children():
-                if isinstance(child, FP32_ONLY):
-                    setattr(module, name, _InFloat32(child))
+        replace_layers(network, lambda layer: _InFloat32(layer) if isinstance(layer, FP32_ONLY) else None)
         self.network = network.to(torch.bfloat16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,16 +159,25 @@ class _InFloat32(nn.Module):
         return self.layer(x.float()).to(x.dtype)
 
 
+def replace_layers(network: nn.Module, replacement) -> nn.Module:
+    """``network`` with every layer for which ``replacement(layer)`` returns a module swapped
+    for that module (in place; a replacement that wraps its layer is not visited again)."""
+    for module in list(network.modules()):
+        for name, child in module.named_children():
+            new = replacement(child)
+            if new is not None:
+                setattr(module, name, new)
+    return network
+
+
 def nnpack_network(network: nn.Module) -> nn.Module:
     """``network`` (eval mode, contiguous) with every convolution NNPACK can run replaced by
     an ``NnpackConv2d``: stride 1, no dilation, no groups, zero padding given in pixels.
     DeepLab's dilated and FCN's strided convolutions stay with oneDNN."""
-    for module in list(network.modules()):
-        for name, child in module.named_children():
-            if (type(child) is nn.Conv2d and child.stride == (1, 1) and child.dilation == (1, 1)
-                    and child.groups == 1 and child.padding_mode == "zeros" and not isinstance(child.padding, str)):
-                setattr(module, name, NnpackConv2d(child))
-    return network
+    def fits(layer: nn.Module) -> bool:
+        return (type(layer) is nn.Conv2d and layer.stride == (1, 1) and layer.dilation == (1, 1)
+                and layer.groups == 1 and layer.padding_mode == "zeros" and not isinstance(layer.padding, str))
+    return replace_layers(network, lambda layer: NnpackConv2d(layer) if fits(layer) else None)
 
 
 class NnpackConv2d(nn.Module):

@@ -47,19 +47,13 @@ MAX_PIXELS = 90 * 120
 MIN_CHANNELS = 128
 
 
-def winograd_network(network: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
-    """``network`` (eval mode) with every 3x3 convolution of stride 1, padding 1 and at least
-    ``MIN_CHANNELS`` channels in and out replaced by a ``WinogradConv2d`` whose transformed
-    weights are in ``dtype`` (default: the convolution's). Dilated, strided and grouped
-    convolutions stay with oneDNN."""
-    for module in list(network.modules()):
-        for name, child in module.named_children():
-            if (type(child) is nn.Conv2d and child.kernel_size == (3, 3) and child.stride == (1, 1)
-                    and child.padding == (1, 1) and child.dilation == (1, 1) and child.groups == 1
-                    and child.padding_mode == "zeros"
-                    and min(child.in_channels, child.out_channels) >= MIN_CHANNELS):
-                setattr(module, name, WinogradConv2d(child, dtype))
-    return network
+def winograd_fits(layer: nn.Module) -> bool:
+    """Whether ``layer`` is a convolution ``WinogradConv2d`` replaces: 3x3, stride 1, padding
+    1, undilated, ungrouped, at least ``MIN_CHANNELS`` channels in and out (dilated, strided,
+    grouped and narrow convolutions stay with oneDNN)."""
+    return (type(layer) is nn.Conv2d and layer.kernel_size == (3, 3) and layer.stride == (1, 1)
+            and layer.padding == (1, 1) and layer.dilation == (1, 1) and layer.groups == 1
+            and layer.padding_mode == "zeros" and min(layer.in_channels, layer.out_channels) >= MIN_CHANNELS)
 
 
 def transform_weights(weight: torch.Tensor, g: torch.Tensor = G) -> torch.Tensor:
