@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .engine.engines import build_engine, error_summary
+from .engine.engines import CPU_ONLY_ENGINES, ENGINES, build_engine, error_summary
 from .engine.measure import device_name, measure_training, median_seconds, synchronize
 from .engine.precision import autocast, check_device, resolve_amp
 from .export.fold import fold_batchnorm
@@ -266,9 +266,9 @@ def _runner(model: nn.Module, variant: str, device: torch.device):
             with torch.no_grad():
                 return model(x)
         return run
-    if variant in ("winograd", "nnpack", "onnxruntime", "int8") and cuda:
+    if variant in CPU_ONLY_ENGINES and cuda:
         return None
-    if variant in ("default", "compile", "winograd", "nnpack", "onnxruntime", "int8"):
+    if variant == "default" or variant in ENGINES:  # the engines (eager, above, runs the model as it is)
         network, runtime = build_engine(model.to(device), "auto" if variant == "default" else variant, "auto", device)
         def run(x):  # the engine's network runs in its own precision
             with torch.inference_mode():

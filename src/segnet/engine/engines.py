@@ -40,6 +40,7 @@ from .precision import resolve_amp
 from .winograd import WinogradConv2d, winograd_fits
 
 ENGINES = ("auto", "eager", "compile", "winograd", "nnpack", "onnxruntime", "int8")
+CPU_ONLY_ENGINES = ("winograd", "nnpack", "onnxruntime", "int8")
 # torch.compile pays only when the images to segment outweigh its start-up: on a 2-core AMX
 # Xeon it took 7 to 9 s to compile cold, 4 s with inductor's cache warm, and saved 7 to 33 ms
 # per SegNet image over eager in two runs (docs/performance.md)
@@ -94,7 +95,7 @@ def build_engine(model: nn.Module, engine: str, amp: str, device: str | torch.de
         # auto's pick runs in one precision: another precision asked for (--amp) runs eager
         if (engine, precision) in (("winograd", "off"), ("nnpack", "bf16")):
             engine = "eager"
-    if engine in ("winograd", "nnpack", "onnxruntime", "int8") and device.type != "cpu":
+    if engine in CPU_ONLY_ENGINES and device.type != "cpu":
         raise ValueError(f"--engine {engine} runs on the CPU only; use --device cpu, or --engine eager on {device}")
     if engine == "winograd" and precision != "bf16":
         raise ValueError("--engine winograd runs in bf16 only, and this CPU has no native bf16 (or --amp off was "
