@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from segnet.engine import load_model
-from segnet.engine.engines import COMPILE_PAYS_AFTER, NnpackConv2d, build_engine, choose_engine, nnpack_available
+from segnet.engine.engines import (COMPILE_PAYS_AFTER, NnpackConv2d, build_engine, choose_engine, fft_pays,
+                                   nnpack_available)
 from segnet.engine.winograd import MAX_PIXELS, MIN_CHANNELS, WinogradConv2d
+from segnet.models import MODELS, create_model
 
 AMX = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]
 AVX512_BF16 = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"]
@@ -31,6 +33,33 @@ def test_auto_follows_the_rule_for_the_cpu_flags(flags, images, expected, monkey
     assert choose_engine("cpu", images, flags) == expected
 
 
+# the networks with a 64->64 7x7 convolution at full resolution (NNPACK's FFTs pay there);
+# SegNet-Basic's depthwise-decoder and FCN-Basic variants have none, the rest wide 3x3 layers
+FFT_PAYS = ["segnet_basic", "bayesian_segnet_basic", "segnet_basic_encoder_addition"]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_auto_on_avx512_bf16_without_amx_picks_by_the_network(name, monkeypatch):
+    monkeypatch.setattr("segnet.engine.engines.nnpack_available", lambda: True)
+    with torch.device("meta"):  # the layers' shapes are all the rule reads
+        model = create_model(name, num_classes=11)
+    assert choose_engine("cpu", 1, AVX512_BF16, model) == ("nnpack" if name in FFT_PAYS else "winograd")
+    assert choose_engine("cpu", 1, AMX, model) == "eager"  # AMX's bf16 tiles: unchanged
+    monkeypatch.setattr("segnet.engine.engines.nnpack_available", lambda: False)
+    assert choose_engine("cpu", 1, AVX512_BF16, model) == "winograd"  # bf16 eager for SegNet-Basic
+
+
+def test_fft_rule_leaves_the_model_as_it_was():
+    model = load_model(model="bayesian_segnet_basic").model.train()  # dropout and BN statistics live
+    model.encoder.stages[1][1].eval()  # one BN frozen: stays so
+    modes = [m.training for m in model.modules()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert fft_pays(model)
+    assert [m.training for m in model.modules()] == modes
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # BN statistics untouched
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
 def test_auto_without_nnpack_runs_fp32_eager(monkeypatch):
     monkeypatch.setattr("segnet.engine.engines.nnpack_available", lambda: False)
     assert choose_engine("cpu", None, AVX2) == "eager"
@@ -38,16 +67,19 @@ def test_auto_without_nnpack_runs_fp32_eager(monkeypatch):
         build_engine(load_model(model="segnet_basic").model, "nnpack", "auto", "cpu")
 
 
-@pytest.mark.parametrize("flags, amp, expected", [
-    (AVX512_BF16, "auto", {"engine": "winograd", "precision": "bf16"}),
-    (AVX512_BF16, "off", {"engine": "eager", "precision": "fp32"}),  # winograd is bf16 only
-    (AVX2, "auto", {"engine": "nnpack", "precision": "fp32"}),
-    (AVX2, "bf16", {"engine": "eager", "precision": "bf16"}),  # nnpack is fp32 only
+@pytest.mark.parametrize("name, flags, amp, expected", [
+    ("segnet", AVX512_BF16, "auto", {"engine": "winograd", "precision": "bf16"}),
+    ("segnet", AVX512_BF16, "off", {"engine": "eager", "precision": "fp32"}),  # winograd is bf16 only
+    ("segnet_basic", AVX512_BF16, "auto", {"engine": "nnpack", "precision": "fp32"}),
+    ("segnet_basic", AVX512_BF16, "off", {"engine": "nnpack", "precision": "fp32"}),
+    ("segnet_basic", AVX512_BF16, "bf16", {"engine": "eager", "precision": "bf16"}),  # nnpack is fp32 only
+    ("segnet_basic", AVX2, "auto", {"engine": "nnpack", "precision": "fp32"}),
+    ("segnet_basic", AVX2, "bf16", {"engine": "eager", "precision": "bf16"}),
 ])
-def test_auto_runs_the_precision_asked_for(flags, amp, expected, monkeypatch):
+def test_auto_runs_the_precision_asked_for(name, flags, amp, expected, monkeypatch):
     monkeypatch.setattr("segnet.engine.precision.cpu_description", lambda: {"model": "fake", "flags": flags})
     monkeypatch.setattr("segnet.engine.engines.nnpack_available", lambda: True)
-    _, runtime = build_engine(load_model(model="segnet_basic").model, "auto", amp, "cpu", flags=flags)
+    _, runtime = build_engine(load_model(model=name).model, "auto", amp, "cpu", flags=flags)
     assert runtime == expected
 
 

@@ -63,7 +63,7 @@ def test_shipped_segnet_is_bf16_complete_and_runs():
     image, _ = render_scene(5, 72, 100)
     labels = shipped.segment(torch.from_numpy(image).permute(2, 0, 1))  # resized to 360x480 and back, default engine
     assert labels.shape == (72, 100) and int(labels.max()) < 11
-    assert shipped.runtime["engine"] == choose_engine("cpu", 1)  # what auto picks for one image here
+    assert shipped.runtime["engine"] == choose_engine("cpu", 1, model=shipped.model)  # auto's pick here
 
 
 def test_predict_uses_the_shipped_model_by_default(tmp_path, capsys):

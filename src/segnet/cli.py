@@ -515,7 +515,8 @@ def _engine_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="how the network runs: auto (the default: BN folded, channels_last and bf16 where the "
                         "CPU or GPU has it; torch.compile on AMX CPUs for long work; bf16 Winograd convolutions on "
-                        "AVX-512 bf16 CPUs without AMX; NNPACK's fp32 convolutions on AVX2 CPUs without bf16), "
+                        "AVX-512 bf16 CPUs without AMX, or NNPACK's fp32 FFTs there for SegNet-Basic's 7x7 layers; "
+                        "NNPACK's fp32 convolutions on AVX2 CPUs without bf16), "
                         "eager, compile, winograd (bf16, CPU), nnpack (fp32, CPU), onnxruntime (fp32) or int8 "
                         "(onnxruntime, calibrated on the first batch; costs accuracy). What ran is printed and "
                         "recorded (docs/performance.md has the measurements)")

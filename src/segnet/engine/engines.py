@@ -15,7 +15,8 @@ picks one for the machine.
   measured in docs/performance.md).
 - ``nnpack``: eager's folded network in fp32 with its stride-1 convolutions run by NNPACK
   (Winograd and FFT convolutions, built into torch's CPU wheels): fewer multiplications than
-  a direct convolution, so faster where fp32 is all the CPU has (CPU only, fp32 only).
+  a direct convolution, so faster where fp32 is all the CPU has, and for 7x7 kernels even
+  than bf16 on CPUs without AMX (CPU only, fp32 only).
 - ``onnxruntime``: the folded network exported to ONNX and run by onnxruntime in fp32
   (CPU only; needs the ``export`` extra).
 - ``int8``: that ONNX model quantised statically to int8 (QDQ, per-channel weights),
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.pooling import smallest_input
 from . import precision
 from .precision import resolve_amp
 from .winograd import WinogradConv2d, winograd_fits
@@ -47,26 +49,64 @@ CPU_ONLY_ENGINES = ("winograd", "nnpack", "onnxruntime", "int8")
 COMPILE_PAYS_AFTER = 200
 
 
-def choose_engine(device: str | torch.device, images: int | None = None, flags: list[str] | None = None) -> str:
+def choose_engine(device: str | torch.device, images: int | None = None, flags: list[str] | None = None,
+                  model: nn.Module | None = None) -> str:
     """The engine ``auto`` means on ``device`` for ``images`` images (None: open-ended work,
     such as serve or a video). ``flags``: the CPU's flags (default: this machine's).
+    ``model``: the network to run (None: one with 3x3 convolutions, such as SegNet).
 
     CUDA runs eager (folded, channels_last, bf16); an AMX CPU eager too, compiled when the
     work is long enough to repay compiling; AVX-512 bf16 CPUs without AMX run the bf16
-    Winograd convolutions (SegNet 1.4-1.5x eager bf16 on a Zen 4 EPYC, at 0.08 mIoU); AVX2
-    CPUs without bf16 run NNPACK's fp32 convolutions where torch has them (SegNet 1.64x plain
-    fp32 with AVX2 kernels, eager 1.18x); other CPUs (unmeasured: ARM, x86 without AVX2)
-    eager in fp32."""
+    Winograd convolutions (SegNet 1.4-1.5x eager bf16 on a Zen 4 EPYC, at 0.08 mIoU), or,
+    where ``fft_pays`` (SegNet-Basic), NNPACK's fp32 FFT convolutions (1.1-1.2x eager bf16
+    there, exact to fp32 rounding); AVX2 CPUs without bf16 run NNPACK's fp32 convolutions
+    where torch has them (SegNet 1.64x plain fp32 with AVX2 kernels, eager 1.18x); other
+    CPUs (unmeasured: ARM, x86 without AVX2) eager in fp32."""
     if torch.device(device).type == "cuda":
         return "eager"
     flags = precision.cpu_description()["flags"] if flags is None else flags
     if "amx_bf16" in flags:
         return "compile" if images is None or images >= COMPILE_PAYS_AFTER else "eager"
     if "avx512_bf16" in flags:
+        if model is not None and nnpack_available() and fft_pays(model):
+            return "nnpack"
         return "winograd"
     if "avx2" in flags and nnpack_available():
         return "nnpack"
     return "eager"
+
+
+def fft_pays(model: nn.Module) -> bool:
+    """Whether NNPACK's fp32 FFT convolutions beat oneDNN's bf16 ones for ``model`` on an
+    AVX-512 bf16 CPU without AMX: it has a wide large-kernel convolution (ungrouped, kernel
+    over 3, 64 channels or more in) on the full-resolution map, and nothing ``WinogradConv2d``
+    replaces. There the FFT runs SegNet-Basic's 7x7 64->64 layer at 360x480 in 77 ms against
+    151 and the network 1.1-1.2x eager bf16 (also its Bayesian and encoder-addition
+    variants); in the variants without that layer (depthwise decoders, FCN-Basic) the rest,
+    slower in fp32, made it 1.5-2.4x slower (2-core Zen 4 EPYC, docs/performance.md). Read
+    from one forward pass of a small blank image (in eval mode; the model is left as it was)."""
+    convolutions = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convolutions or any(winograd_fits(c) for c in convolutions):
+        return False
+    size = max(64, smallest_input(model))
+    full_resolution = []
+
+    def record(layer: nn.Module, inputs: tuple) -> None:
+        if (inputs[0].shape[-2:] == (size, size) and max(layer.kernel_size) > 3 and layer.groups == 1
+                and layer.in_channels >= 64):
+            full_resolution.append(layer)
+
+    hooks = [c.register_forward_pre_hook(record) for c in convolutions]
+    modes = {module: module.training for module in model.modules()}
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros(1, convolutions[0].in_channels, size, size, device=convolutions[0].weight.device))
+    finally:
+        for module, training in modes.items():
+            module.training = training
+        for hook in hooks:
+            hook.remove()
+    return bool(full_resolution)
 
 
 def nnpack_available() -> bool:
@@ -91,9 +131,9 @@ def build_engine(model: nn.Module, engine: str, amp: str, device: str | torch.de
     device = torch.device(device)
     precision = resolve_amp(amp, device)
     if engine == "auto":
-        engine = choose_engine(device, images, flags)
+        engine = choose_engine(device, images, flags, model)
         # auto's pick runs in one precision: another precision asked for (--amp) runs eager
-        if (engine, precision) in (("winograd", "off"), ("nnpack", "bf16")):
+        if (engine == "winograd" and precision != "bf16") or (engine == "nnpack" and amp == "bf16"):
             engine = "eager"
     if engine in CPU_ONLY_ENGINES and device.type != "cpu":
         raise ValueError(f"--engine {engine} runs on the CPU only; use --device cpu, or --engine eager on {device}")
