@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--image", default="../shared/data/CamVid/test/0001TP_008550.png")
     parser.add_argument("--requests", type=int, default=48, help="requests per concurrency level")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--max-batch", type=int, help="default: segnet serve's (8; 1 for the nnpack engine)")
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     parser.add_argument("--engine", default="auto", help="the engine serve runs (segnet serve --engine)")
     parser.add_argument("--json")

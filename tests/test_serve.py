@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from segnet.data import SYNTHETIC_META, SyntheticRoadScenes
+from segnet.engine.engines import nnpack_available
 from segnet.serve import DynamicBatcher, QueueFull
 
 pytest.importorskip("fastapi")
@@ -191,6 +192,25 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path):
         assert status == 503 and headers.get("retry-after", headers.get("Retry-After")) == "1"
         assert "busy" in json.loads(body)["error"]
         assert first.result()[0] == 200 and second.result()[0] == 200
+
+
+@pytest.mark.parametrize("engine, expected", [
+    ("eager", 8),
+    pytest.param("nnpack", 1, marks=pytest.mark.skipif(not nnpack_available(), reason="this torch build has no NNPACK")),
+])
+def test_requests_are_paired_unless_the_engine_runs_one_image_at_a_time(engine, expected):
+    from segnet.engine.inference import LoadedModel
+    from segnet.models import create_model
+    from segnet.serve import create_app
+
+    loaded = LoadedModel(create_model("segnet_basic", SYNTHETIC_META.num_classes).eval(), SYNTHETIC_META, RAW, (32, 48),
+                         "test", "segnet_basic", trained=False).prepare(engine, amp="off")
+    for asked, served in ((None, expected), (3, 3)):  # what the caller asks for wins
+        app = create_app(loaded, max_batch=asked, amp="off")
+        try:
+            assert loaded.runtime["engine"] == engine and app.state.batcher.max_batch == served
+        finally:
+            app.state.batcher.close()
 
 
 def test_a_compiled_engine_is_compiled_before_the_first_request(tmp_path, monkeypatch):

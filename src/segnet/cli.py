@@ -776,7 +776,8 @@ def _add_serve(sub) -> None:
     _device_option(p)
     p.add_argument("--mc-samples", type=_non_negative_int, default=0, help="Monte Carlo dropout samples: adds the uncertainty map "
                    "(Bayesian models)")
-    p.add_argument("--max-batch", type=_positive_int, default=8, help="images per forward pass at most (default: 8)")
+    p.add_argument("--max-batch", type=_positive_int, help="images per forward pass at most (default: 8; 1 with the "
+                   "nnpack engine, which runs images one at a time)")
     p.add_argument("--max-wait-ms", type=float, default=10.0,
                    help="how long the first request of a batch waits for others (default: 10)")
     p.add_argument("--max-queue", type=_positive_int, default=32,

@@ -85,18 +85,28 @@ def _compile_now(loaded: LoadedModel, amp: str, max_batch: int) -> None:
         loaded.segment_batch([blank] * size, 0, amp)
 
 
+def default_max_batch(runtime: dict) -> int:
+    """Images per forward pass at most, unless the caller says: 8, or 1 for the ``nnpack``
+    engine, which runs a batch one image after another anyway. Pairing requests for it only
+    made each pair wait for the other: SegNet-Basic at 4 clients on a 2-core EPYC answered
+    2.79-3.24 requests/s in batches of two against 3.40-3.70 one by one (docs/performance.md)."""
+    return 1 if runtime["engine"] == "nnpack" else 8
+
+
 def create_app(loaded: LoadedModel, model_name: str | None = None, mc_samples: int = 0, amp: str = "auto",
-               max_batch: int = 8, max_wait_ms: float = 10.0, max_queue: int = 32, max_upload_mb: float = MAX_UPLOAD_MB,
+               max_batch: int | None = None, max_wait_ms: float = 10.0, max_queue: int = 32, max_upload_mb: float = MAX_UPLOAD_MB,
                example: str | Path | None = None, max_megapixels: float = MAX_MEGAPIXELS):
     """The FastAPI app serving ``loaded`` (``engine.inference.load_model``), shown as
     ``model_name`` (default: the loaded model's). ``mc_samples`` > 0 (Bayesian models) adds
     an uncertainty map; ``example``: an image the page can try without an upload. Uploads
-    over ``max_upload_mb`` (counted while the body arrives) or ``max_megapixels`` get 413."""
+    over ``max_upload_mb`` (counted while the body arrives) or ``max_megapixels`` get 413.
+    ``max_batch``: images per forward pass at most (default: ``default_max_batch``)."""
     from fastapi import FastAPI, File, Query, Request, UploadFile
     from fastapi.responses import HTMLResponse, Response
 
     model_name = model_name or loaded.name
     loaded.ready(amp, images=None)  # open-ended work: auto may compile
+    max_batch = max_batch or default_max_batch(loaded.runtime)
     _compile_now(loaded, amp, max_batch)
     minimum = 8 if loaded.input_size else smallest_input(loaded.model)
 
