@@ -196,7 +196,8 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path):
 
 @pytest.mark.parametrize("engine, expected", [
     ("eager", 8),
-    pytest.param("nnpack", 1, marks=pytest.mark.skipif(not nnpack_available(), reason="this torch build has no NNPACK")),
+    pytest.param("nnpack", 1, marks=pytest.mark.skipif(not nnpack_available(),
+                                                       reason="this torch build has no NNPACK")),
 ])
 def test_requests_are_paired_unless_the_engine_runs_one_image_at_a_time(engine, expected):
     from segnet.engine.inference import LoadedModel

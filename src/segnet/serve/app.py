@@ -74,40 +74,38 @@ def _png(picture: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _compile_now(loaded: LoadedModel, amp: str, max_batch: int) -> None:
-    """A compiled engine is compiled before the first request, for one image and for a batch
-    (torch.compile then treats the batch size as dynamic, so larger batches reuse it):
-    otherwise the first batch of two waits seconds for a second compile (serve benchmark)."""
-    if loaded.runtime["engine"] != "compile" or not loaded.input_size:
-        return
-    blank = torch.zeros(3, *loaded.input_size, dtype=torch.uint8)
-    for size in (1, 2) if max_batch > 1 else (1,):
-        loaded.segment_batch([blank] * size, 0, amp)
-
-
-def default_max_batch(runtime: dict) -> int:
-    """Images per forward pass at most, unless the caller says: 8, or 1 for the ``nnpack``
-    engine, which runs a batch one image after another anyway. Pairing requests for it only
-    made each pair wait for the other: SegNet-Basic at 4 clients on a 2-core EPYC answered
-    2.79-3.24 requests/s in batches of two against 3.40-3.70 one by one (docs/performance.md)."""
-    return 1 if runtime["engine"] == "nnpack" else 8
+def _ready_to_serve(loaded: LoadedModel, amp: str, max_batch: int | None) -> int:
+    """Build ``loaded``'s engine for open-ended work (auto may compile) and return the batch
+    limit: ``max_batch``, or 8, or 1 for the ``nnpack`` engine, which runs a batch one image
+    after another anyway (pairing requests for it only made each pair wait for the other:
+    SegNet-Basic at 4 clients on a 2-core EPYC answered 2.66-3.31 requests/s in batches of
+    two against 3.60-4.04 one by one, docs/performance.md). A compiled engine is compiled
+    now, for one image and for a batch (torch.compile then treats the batch size as dynamic,
+    so larger batches reuse it): otherwise the first batch of two waits seconds for a second
+    compile (serve benchmark)."""
+    loaded.ready(amp, images=None)
+    if max_batch is None:
+        max_batch = 1 if loaded.runtime["engine"] == "nnpack" else 8
+    if loaded.runtime["engine"] == "compile" and loaded.input_size:
+        blank = torch.zeros(3, *loaded.input_size, dtype=torch.uint8)
+        for size in (1, 2) if max_batch > 1 else (1,):
+            loaded.segment_batch([blank] * size, 0, amp)
+    return max_batch
 
 
 def create_app(loaded: LoadedModel, model_name: str | None = None, mc_samples: int = 0, amp: str = "auto",
-               max_batch: int | None = None, max_wait_ms: float = 10.0, max_queue: int = 32, max_upload_mb: float = MAX_UPLOAD_MB,
-               example: str | Path | None = None, max_megapixels: float = MAX_MEGAPIXELS):
+               max_batch: int | None = None, max_wait_ms: float = 10.0, max_queue: int = 32,
+               max_upload_mb: float = MAX_UPLOAD_MB, example: str | Path | None = None,
+               max_megapixels: float = MAX_MEGAPIXELS):
     """The FastAPI app serving ``loaded`` (``engine.inference.load_model``), shown as
     ``model_name`` (default: the loaded model's). ``mc_samples`` > 0 (Bayesian models) adds
     an uncertainty map; ``example``: an image the page can try without an upload. Uploads
-    over ``max_upload_mb`` (counted while the body arrives) or ``max_megapixels`` get 413.
-    ``max_batch``: images per forward pass at most (default: ``default_max_batch``)."""
+    over ``max_upload_mb`` (counted while the body arrives) or ``max_megapixels`` get 413."""
     from fastapi import FastAPI, File, Query, Request, UploadFile
     from fastapi.responses import HTMLResponse, Response
 
     model_name = model_name or loaded.name
-    loaded.ready(amp, images=None)  # open-ended work: auto may compile
-    max_batch = max_batch or default_max_batch(loaded.runtime)
-    _compile_now(loaded, amp, max_batch)
+    max_batch = _ready_to_serve(loaded, amp, max_batch)
     minimum = 8 if loaded.input_size else smallest_input(loaded.model)
 
     def run_batch(images: list[torch.Tensor]) -> list:
