@@ -78,8 +78,8 @@ def choose_engine(device: str | torch.device, images: int | None = None, flags: 
 
 def fft_pays(model: nn.Module) -> bool:
     """Whether NNPACK's fp32 FFT convolutions beat oneDNN's bf16 ones for ``model`` on an
-    AVX-512 bf16 CPU without AMX: it has a wide large-kernel convolution (ungrouped, kernel
-    over 3, 64 channels or more in) on the full-resolution map, and nothing ``WinogradConv2d``
+    AVX-512 bf16 CPU without AMX: it has a wide large-kernel convolution (one ``nnpack_fits``,
+    kernel over 3, 64 channels or more in) on the full-resolution map, and nothing ``WinogradConv2d``
     replaces. There the FFT runs SegNet-Basic's 7x7 64->64 layer at 360x480 in 77 ms against
     151 and the network 1.1-1.2x eager bf16 (also its Bayesian and encoder-addition
     variants); in the variants without that layer (depthwise decoders, FCN-Basic) the rest,
@@ -92,7 +92,7 @@ def fft_pays(model: nn.Module) -> bool:
     full_resolution = []
 
     def record(layer: nn.Module, inputs: tuple) -> None:
-        if (inputs[0].shape[-2:] == (size, size) and max(layer.kernel_size) > 3 and layer.groups == 1
+        if (inputs[0].shape[-2:] == (size, size) and nnpack_fits(layer) and max(layer.kernel_size) > 3
                 and layer.in_channels >= 64):
             full_resolution.append(layer)
 
@@ -211,14 +211,17 @@ def replace_layers(network: nn.Module, replacement) -> nn.Module:
     return network
 
 
+def nnpack_fits(layer: nn.Module) -> bool:
+    """Whether ``layer`` is a convolution NNPACK can run: stride 1, no dilation, no groups,
+    zero padding given in pixels (DeepLab's dilated and FCN's strided ones are not)."""
+    return (type(layer) is nn.Conv2d and layer.stride == (1, 1) and layer.dilation == (1, 1)
+            and layer.groups == 1 and layer.padding_mode == "zeros" and not isinstance(layer.padding, str))
+
+
 def nnpack_network(network: nn.Module) -> nn.Module:
-    """``network`` (eval mode, contiguous) with every convolution NNPACK can run replaced by
-    an ``NnpackConv2d``: stride 1, no dilation, no groups, zero padding given in pixels.
-    DeepLab's dilated and FCN's strided convolutions stay with oneDNN."""
-    def fits(layer: nn.Module) -> bool:
-        return (type(layer) is nn.Conv2d and layer.stride == (1, 1) and layer.dilation == (1, 1)
-                and layer.groups == 1 and layer.padding_mode == "zeros" and not isinstance(layer.padding, str))
-    return replace_layers(network, lambda layer: NnpackConv2d(layer) if fits(layer) else None)
+    """``network`` (eval mode, contiguous) with every convolution ``nnpack_fits`` replaced by
+    an ``NnpackConv2d``; the others stay with oneDNN."""
+    return replace_layers(network, lambda layer: NnpackConv2d(layer) if nnpack_fits(layer) else None)
 
 
 class NnpackConv2d(nn.Module):
