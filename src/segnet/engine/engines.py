@@ -43,6 +43,8 @@ from .winograd import WinogradConv2d, winograd_fits
 
 ENGINES = ("auto", "eager", "compile", "winograd", "nnpack", "onnxruntime", "int8")
 CPU_ONLY_ENGINES = ("winograd", "nnpack", "onnxruntime", "int8")
+# engines that run a batch one image after another (NnpackConv2d), so batching gains nothing
+ONE_IMAGE_AT_A_TIME = ("nnpack",)
 # torch.compile pays only when the images to segment outweigh its start-up: on a 2-core AMX
 # Xeon it took 7 to 9 s to compile cold, 4 s with inductor's cache warm, and saved 7 to 33 ms
 # per SegNet image over eager in two runs (docs/performance.md)

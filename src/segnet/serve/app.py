@@ -23,6 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..data.io import rgb_tensor
+from ..engine.engines import ONE_IMAGE_AT_A_TIME
 from ..engine.inference import LoadedModel
 from ..models import smallest_input
 from ..report import overlay, palette_png, uncertainty_png
@@ -76,8 +77,8 @@ def _png(picture: Image.Image) -> bytes:
 
 def _ready_to_serve(loaded: LoadedModel, amp: str, max_batch: int | None) -> int:
     """Build ``loaded``'s engine for open-ended work (auto may compile) and return the batch
-    limit: ``max_batch``, or 8, or 1 for the ``nnpack`` engine, which runs a batch one image
-    after another anyway (pairing requests for it only made each pair wait for the other:
+    limit: ``max_batch``, or 8, or 1 for an engine that runs a batch one image after another
+    anyway (``ONE_IMAGE_AT_A_TIME``: nnpack; pairing requests for it only made each pair wait for the other:
     SegNet-Basic at 4 clients on a 2-core EPYC answered 2.66-3.31 requests/s in batches of
     two against 3.60-4.04 one by one, docs/performance.md). A compiled engine is compiled
     now, for one image and for a batch (torch.compile then treats the batch size as dynamic,
@@ -85,7 +86,7 @@ def _ready_to_serve(loaded: LoadedModel, amp: str, max_batch: int | None) -> int
     compile (serve benchmark)."""
     loaded.ready(amp, images=None)
     if max_batch is None:
-        max_batch = 1 if loaded.runtime["engine"] == "nnpack" else 8
+        max_batch = 1 if loaded.runtime["engine"] in ONE_IMAGE_AT_A_TIME else 8
     if loaded.runtime["engine"] == "compile" and loaded.input_size:
         blank = torch.zeros(3, *loaded.input_size, dtype=torch.uint8)
         for size in (1, 2) if max_batch > 1 else (1,):
